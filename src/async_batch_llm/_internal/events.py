@@ -1,0 +1,40 @@
+"""Deliver lifecycle events to observers: in order, each bounded in time, faults isolated."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
+
+__all__ = ["OBSERVER_CALLBACK_TIMEOUT", "dispatch"]
+
+logger = logging.getLogger("async_batch_llm.parallel")
+
+OBSERVER_CALLBACK_TIMEOUT = 5.0
+"""Seconds each observer gets to handle one event."""
+
+
+async def dispatch(
+    observers: Sequence[ProcessorObserver],
+    event: ProcessingEvent,
+    data: dict[str, Any],
+    timeout: float = OBSERVER_CALLBACK_TIMEOUT,
+) -> None:
+    """Await ``observer.on_event(event, data)`` for each observer in list order.
+
+    An observer that raises or overruns ``timeout`` is logged and skipped; the others still get
+    the event. Cancellation of the caller propagates.
+    """
+    for observer in observers:
+        try:
+            async with asyncio.timeout(timeout):
+                await observer.on_event(event, data)
+        except TimeoutError:
+            logger.warning(
+                "observer %r timed out after %.1fs on %s", observer, timeout, event.name
+            )
+        except Exception:
+            logger.exception("observer %r failed on %s", observer, event.name)

@@ -1,0 +1,876 @@
+"""The batch processors: the queue, the workers, and what happens to one item, top to bottom.
+
+Public homes: :mod:`async_batch_llm.base` (``BatchProcessor``) and
+:mod:`async_batch_llm.parallel` (``ParallelBatchProcessor``).
+
+Design notes, for the hot path:
+
+- Work is known before ``process_all()`` starts (``add_work`` is refused afterwards), so the queue
+  is a plain :class:`collections.deque` that workers pop without awaiting.
+- One long-lived coroutine per worker awaits the strategy directly: no task per item or attempt.
+- Events are built only when observers are attached; middleware only when configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+import warnings
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, cast
+
+from async_batch_llm._internal.backoff import is_validation_like, retry_wait
+from async_batch_llm._internal.clock import Clock, LoopClock
+from async_batch_llm._internal.cooldown import CooldownCoordinator
+from async_batch_llm._internal.events import OBSERVER_CALLBACK_TIMEOUT, dispatch
+from async_batch_llm._internal.limiter import RequestLimiter
+from async_batch_llm._internal.retry_after import retry_after_seconds
+from async_batch_llm._internal.tokens import add_usage, usage_from_exception
+from async_batch_llm._strategies.base import LLMCallStrategy
+from async_batch_llm._types import (
+    BatchResult,
+    LLMWorkItem,
+    PostProcessorFunc,
+    ProcessingStats,
+    ProgressCallbackFunc,
+    RetryState,
+    TContext,
+    TInput,
+    TokenUsage,
+    TOutput,
+    WorkItemResult,
+)
+from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig
+from async_batch_llm.middleware.base import Middleware
+from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
+from async_batch_llm.strategies.errors import (
+    DefaultErrorClassifier,
+    ErrorClassifier,
+    ErrorInfo,
+    FrameworkTimeoutError,
+)
+from async_batch_llm.strategies.rate_limit import ExponentialBackoffStrategy, RateLimitStrategy
+
+__all__ = [
+    "POST_PROCESSOR_EXECUTION_TIMEOUT",
+    "POST_PROCESSOR_TIMEOUT",
+    "PROGRESS_TASK_CANCELLATION_TIMEOUT",
+    "WORKER_CANCELLATION_TIMEOUT",
+    "WORKER_SHUTDOWN_TIMEOUT",
+    "BatchProcessor",
+    "ParallelBatchProcessor",
+]
+
+logger = logging.getLogger("async_batch_llm.parallel")
+base_logger = logging.getLogger("async_batch_llm.base")
+
+WORKER_CANCELLATION_TIMEOUT = 2.0
+"""Seconds ``cleanup()`` waits for cancelled workers."""
+WORKER_SHUTDOWN_TIMEOUT = 30.0
+"""Seconds allowed for workers to exit once the queue is drained."""
+POST_PROCESSOR_EXECUTION_TIMEOUT = 75.0
+"""Limit in seconds on an async post-processor."""
+PROGRESS_TASK_CANCELLATION_TIMEOUT = 2.0
+"""Seconds ``cleanup()`` waits for cancelled progress-callback tasks."""
+POST_PROCESSOR_TIMEOUT = 90.0
+"""Outer limit in seconds around post-processing."""
+_PROGRESS_START_WAIT = 1.0
+"""How long ``process_all()`` waits, at most, for scheduled progress callbacks to begin."""
+
+SKIPPED_ERROR = "Skipped by middleware"
+
+
+class _Failure:
+    """A failed attempt that the retry loop must decide about."""
+
+    __slots__ = ("at_attempt", "exc", "info")
+
+    def __init__(self, exc: Exception, info: ErrorInfo, *, at_attempt: bool = False) -> None:
+        self.exc = exc
+        self.info = info
+        # A non-retryable, non-rate-limit error ends the item at the attempt itself, where the
+        # error text keeps 500 characters instead of 200.
+        self.at_attempt = at_attempt
+
+
+class _Final:
+    """Marks a result that must be returned as is (skips and middleware-supplied results)."""
+
+    __slots__ = ("result", "skipped")
+
+    def __init__(self, result: WorkItemResult[Any, Any], skipped: bool) -> None:
+        self.result = result
+        self.skipped = skipped
+
+
+def _accepts_state(method: Callable[..., Any]) -> bool:
+    """Whether a bound ``execute``/``on_error`` takes the ``state`` argument (spec D2)."""
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = 0
+    for param in params:
+        if param.kind is inspect.Parameter.VAR_POSITIONAL or param.name == "state":
+            return True
+        if param.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            positional += 1
+    return positional >= 4
+
+
+_STATE_CACHE: dict[tuple[type, str], bool] = {}
+
+
+def _method_accepts_state(strategy: object, name: str, method: Callable[..., Any]) -> bool:
+    """Decide once per strategy class; instance-level overrides are inspected each time."""
+    if name in getattr(strategy, "__dict__", ()):
+        return _accepts_state(method)
+    key = (type(strategy), name)
+    cached = _STATE_CACHE.get(key)
+    if cached is None:
+        cached = _STATE_CACHE[key] = _accepts_state(method)
+    return cached
+
+
+def _format_error(exc: BaseException, limit: int) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:limit]}"
+
+
+def _check_call_result(strategy: object, value: object) -> tuple[Any, Mapping[str, Any]]:
+    """Reject an ``execute``/``dry_run`` return value that is not ``(output, usage mapping)``."""
+    if type(value) is tuple and len(value) == 2:
+        usage = value[1]
+        if type(usage) is dict or isinstance(usage, Mapping):
+            return value[0], usage
+    raise TypeError(
+        f"{type(strategy).__name__}.execute() must return a tuple (output, token_usage) whose "
+        f"token_usage is a mapping such as {{'input_tokens': 1, 'output_tokens': 1, "
+        f"'total_tokens': 2}}, got {type(value).__name__}: {value!r:.200}"
+    )
+
+
+class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
+    """Base of the processors: the work queue, ``add_work``, ``process_all``, cleanup and hooks.
+
+    Subclasses implement the per-worker loop and per-item processing.
+
+    Args:
+        max_workers: number of concurrent workers.
+        post_processor: called once per result (success or failure); sync or async.
+        max_queue_size: most items the queue may hold, 0 for no limit.
+        progress_callback: ``(completed, total, item_id)``, every ``progress_interval`` items.
+        progress_callback_timeout: seconds before a running callback is abandoned, or ``None``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int = 5,
+        post_processor: PostProcessorFunc[TOutput, TContext] | None = None,
+        max_queue_size: int = 0,
+        progress_callback: ProgressCallbackFunc | None = None,
+        progress_callback_timeout: float | None = None,
+    ) -> None:
+        self.max_workers = max_workers
+        self.post_processor = post_processor
+        self.max_queue_size = max_queue_size
+        self.progress_callback = progress_callback
+        self.progress_callback_timeout = progress_callback_timeout
+        self._queue: deque[LLMWorkItem[TInput, TOutput, TContext]] = deque()
+        self._item_ids: set[str] = set()
+        self._started = False
+        self._stats = ProcessingStats()
+        self._results: list[WorkItemResult[TOutput, TContext]] = []
+        self._worker_tasks: set[asyncio.Task[None]] = set()
+        self._progress_tasks: set[asyncio.Task[None]] = set()
+        self._progress_started: list[asyncio.Future[None]] = []
+        self._prepared: weakref.WeakSet[LLMCallStrategy[Any]] = weakref.WeakSet()
+        self._prepared_strong: list[LLMCallStrategy[Any]] = []
+        self._needs_cleanup: list[weakref.ref[LLMCallStrategy[Any]] | LLMCallStrategy[Any]] = []
+        self._prepare_lock = asyncio.Lock()
+        self._progress_interval = 10
+
+    # ----------------------------------------------------------------------------- queueing
+
+    async def add_work(self, work_item: LLMWorkItem[TInput, TOutput, TContext]) -> None:
+        """Queue one item.
+
+        Raises:
+            RuntimeError: once ``process_all()`` has been called, or when a bounded queue is full
+                (nothing can drain it before ``process_all()``).
+            TypeError: if ``work_item`` is not an :class:`LLMWorkItem`.
+            ValueError: if another queued item already has this ``item_id``.
+        """
+        if self._started:
+            raise RuntimeError(
+                "Cannot add work after process_all() has started: a processor runs one batch; "
+                "create a new processor for more work"
+            )
+        if not isinstance(work_item, LLMWorkItem):
+            raise TypeError(
+                f"work_item must be an LLMWorkItem, got {type(work_item).__name__}: "
+                f"{work_item!r:.100}"
+            )
+        item_id = work_item.item_id
+        if item_id in self._item_ids:
+            raise ValueError(
+                f"item_id {item_id!r} was already added to this processor; item ids must be "
+                "unique within a batch (each item yields exactly one result)"
+            )
+        if 0 < self.max_queue_size <= len(self._queue):
+            raise RuntimeError(
+                f"work queue is full (max_queue_size={self.max_queue_size}) and workers only run "
+                "inside process_all(), so nothing can drain it; use max_queue_size=0 (unbounded) "
+                "or at least the batch size"
+            )
+        self._item_ids.add(item_id)
+        self._queue.append(work_item)
+        self._stats.total += 1
+
+    # ----------------------------------------------------------------------------- running
+
+    async def process_all(self) -> BatchResult[TOutput, TContext]:
+        """Process every queued item with ``max_workers`` workers and return all results.
+
+        Returns:
+            One :class:`WorkItemResult` per queued item, in completion order.
+
+        Raises:
+            asyncio.CancelledError: when cancelled; every worker has stopped by then.
+        """
+        self._started = True
+        self._stats = ProcessingStats(total=len(self._queue), start_time=time.time())
+        self._results = []
+        start_time = self._stats.start_time
+        await self._before_batch()
+        await self._emit_event(
+            ProcessingEvent.BATCH_STARTED,
+            {"total": self._stats.total, "max_workers": self.max_workers, "start_time": start_time},
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                for worker_id in range(self.max_workers):
+                    task = group.create_task(self._worker_loop(worker_id))
+                    self._worker_tasks.add(task)
+                    task.add_done_callback(self._worker_tasks.discard)
+        finally:
+            self._queue.clear()
+        await self._await_progress_started()
+        stats = self._stats
+        await self._emit_event(
+            ProcessingEvent.BATCH_COMPLETED,
+            {
+                "processed": stats.processed,
+                "succeeded": stats.succeeded,
+                "failed": stats.failed,
+                "total": stats.total,
+                "total_tokens": stats.total_tokens,
+                "cached_input_tokens": stats.cached_input_tokens,
+                "duration": time.time() - (start_time or 0.0),
+            },
+        )
+        return BatchResult(results=list(self._results))
+
+    async def _before_batch(self) -> None:  # noqa: B027 - optional subclass hook
+        """Set up per-run state (subclass hook)."""
+
+    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:  # noqa: B027
+        """Deliver an event to observers (subclass hook; the base has none)."""
+
+    @abstractmethod
+    async def _worker_loop(self, worker_id: int) -> None:
+        """Take items off the queue until it is empty."""
+
+    @abstractmethod
+    async def _process_item(
+        self, item: LLMWorkItem[TInput, TOutput, TContext], worker_id: int
+    ) -> WorkItemResult[TOutput, TContext]:
+        """Turn one item into its one result."""
+
+    def _record(self, result: WorkItemResult[TOutput, TContext]) -> None:
+        """Store a result and update the statistics; schedule the progress callback if due."""
+        self._results.append(result)
+        stats = self._stats
+        stats.processed += 1
+        if result.success:
+            stats.succeeded += 1
+        else:
+            stats.failed += 1
+            error = result.error
+            if error:
+                key = error.split(":", 1)[0]
+                stats.error_counts[key] = stats.error_counts.get(key, 0) + 1
+        usage = result.token_usage
+        if usage:
+            stats.total_input_tokens += usage.get("input_tokens", 0)
+            stats.total_output_tokens += usage.get("output_tokens", 0)
+            stats.total_tokens += usage.get("total_tokens", 0)
+            stats.cached_input_tokens += usage.get("cached_input_tokens", 0)
+        if stats.processed % self._progress_interval == 0:
+            base_logger.info(
+                "progress: %d/%d processed (%d succeeded, %d failed)",
+                stats.processed,
+                stats.total,
+                stats.succeeded,
+                stats.failed,
+            )
+            if self.progress_callback is not None:
+                self._schedule_progress(stats.processed, stats.total, result.item_id)
+
+    async def _run_post_processor(self, result: WorkItemResult[TOutput, TContext]) -> None:
+        """Run the post-processor; its faults and overruns are logged, never propagated."""
+        post = self.post_processor
+        if post is None:
+            return
+        try:
+            returned = post(result)
+            if returned is not None and inspect.isawaitable(returned):
+                limit = min(POST_PROCESSOR_EXECUTION_TIMEOUT, POST_PROCESSOR_TIMEOUT)
+                async with asyncio.timeout(limit):
+                    await returned
+        except TimeoutError:
+            base_logger.warning("post-processor timed out for item %s", result.item_id)
+        except Exception:
+            base_logger.exception("post-processor failed for item %s", result.item_id)
+
+    # ----------------------------------------------------------------------------- progress
+
+    def _schedule_progress(self, completed: int, total: int, item_id: str) -> None:
+        callback = self.progress_callback
+        assert callback is not None
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            getattr(callback, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        ):
+            started.set_result(None)
+            work: Awaitable[Any] = cast(Awaitable[Any], callback(completed, total, item_id))
+        else:
+
+            def run_in_thread() -> object:
+                loop.call_soon_threadsafe(_set_if_pending, started)
+                return callback(completed, total, item_id)
+
+            work = asyncio.to_thread(run_in_thread)
+        task = loop.create_task(self._guard_progress(work, item_id))
+        self._progress_tasks.add(task)
+        task.add_done_callback(self._progress_tasks.discard)
+        if not started.done():
+            self._progress_started.append(started)
+
+    async def _guard_progress(self, work: Awaitable[Any], item_id: str) -> None:
+        timeout = self.progress_callback_timeout
+        try:
+            if timeout is None:
+                await work
+            else:
+                async with asyncio.timeout(timeout):
+                    await work
+        except TimeoutError:
+            base_logger.warning(
+                "progress callback exceeded %ss (after item %s) and was abandoned", timeout, item_id
+            )
+        except Exception as exc:
+            base_logger.warning("progress callback failed (after item %s): %r", item_id, exc)
+
+    async def _await_progress_started(self) -> None:
+        """Let scheduled callbacks begin before ``process_all()`` returns."""
+        if not self._progress_tasks:
+            return
+        await asyncio.sleep(0)
+        pending = [f for f in self._progress_started if not f.done()]
+        self._progress_started = []
+        if pending:
+            await asyncio.wait(pending, timeout=_PROGRESS_START_WAIT)
+
+    # ----------------------------------------------------------------------------- strategies
+
+    def _is_prepared(self, strategy: LLMCallStrategy[Any]) -> bool:
+        try:
+            return strategy in self._prepared
+        except TypeError:
+            return any(s is strategy for s in self._prepared_strong)
+
+    async def _ensure_prepared(self, strategy: LLMCallStrategy[Any]) -> None:
+        """Await ``strategy.prepare()`` once per strategy object; prepares are serialised."""
+        async with self._prepare_lock:
+            if self._is_prepared(strategy):
+                return
+            await strategy.prepare()
+            try:
+                self._prepared.add(strategy)
+                self._needs_cleanup.append(weakref.ref(strategy))
+            except TypeError:  # not weak-referenceable: hold it strongly
+                self._prepared_strong.append(strategy)
+                self._needs_cleanup.append(strategy)
+
+    async def _cleanup_strategies(self) -> None:
+        """Await ``cleanup()`` once on every strategy prepared since the last call."""
+        pending, self._needs_cleanup = self._needs_cleanup, []
+        for entry in pending:
+            strategy = entry() if isinstance(entry, weakref.ref) else entry
+            if strategy is None:
+                continue
+            try:
+                await strategy.cleanup()
+            except Exception:
+                base_logger.exception("strategy cleanup failed for %r", strategy)
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def get_stats(self) -> dict[str, Any]:
+        """A snapshot of the processing statistics (see :class:`ProcessingStats`)."""
+        return self._stats.copy()
+
+    async def cleanup(self) -> None:
+        """Cancel running workers and progress callbacks and drop queued items.
+
+        Does not call strategy ``cleanup()`` (see :meth:`shutdown`). Safe to call repeatedly.
+        """
+        workers = [t for t in self._worker_tasks if not t.done()]
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers, timeout=WORKER_CANCELLATION_TIMEOUT)
+        self._queue.clear()
+        progress = [t for t in self._progress_tasks if not t.done()]
+        for task in progress:
+            task.cancel()
+        if progress:
+            await asyncio.wait(progress, timeout=PROGRESS_TASK_CANCELLATION_TIMEOUT)
+
+    async def shutdown(self) -> None:
+        """Run strategy cleanup (once per prepared strategy), then :meth:`cleanup`."""
+        try:
+            await self._cleanup_strategies()
+        finally:
+            await self.cleanup()
+
+    async def __aenter__(self) -> BatchProcessor[TInput, TOutput, TContext]:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        await self.shutdown()
+        return False
+
+
+def _set_if_pending(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
+    """Process work items with N async workers, retries, a shared rate-limit cooldown and hooks.
+
+    Args:
+        max_workers: deprecated, use ``ProcessorConfig.max_workers``.
+        post_processor: called once per result (success or failure); sync or async.
+        timeout_per_item: deprecated, use ``ProcessorConfig.timeout_per_item``.
+        rate_limit_cooldown: deprecated, use ``RateLimitConfig.cooldown_seconds``.
+        config: the processor settings; defaults to ``ProcessorConfig()``.
+        error_classifier: decides retryable / rate limit; defaults to ``DefaultErrorClassifier``.
+        rate_limit_strategy: cooldown lengths and slow start; defaults to an
+            ``ExponentialBackoffStrategy`` built from ``config.rate_limit``.
+        middlewares: ``before_process`` / ``after_process`` / ``on_error`` hooks.
+        observers: receive lifecycle events.
+        progress_callback: ``(completed, total, item_id)`` every ``progress_interval`` items.
+        clock: time source for cooldowns, backoff waits, slow start and the request limiter
+            (tests pass :class:`async_batch_llm.testing.clock.FakeClock`).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        post_processor: PostProcessorFunc[TOutput, TContext] | None = None,
+        timeout_per_item: float | None = None,
+        rate_limit_cooldown: float | None = None,
+        config: ProcessorConfig | None = None,
+        error_classifier: ErrorClassifier | None = None,
+        rate_limit_strategy: RateLimitStrategy | None = None,
+        middlewares: list[Middleware[TInput, TOutput, TContext]] | None = None,
+        observers: list[ProcessorObserver] | None = None,
+        progress_callback: ProgressCallbackFunc | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_workers", max_workers),
+            ("timeout_per_item", timeout_per_item),
+            ("rate_limit_cooldown", rate_limit_cooldown),
+        ):
+            if value is not None:
+                field = "rate_limit.cooldown_seconds" if name == "rate_limit_cooldown" else name
+                warnings.warn(
+                    f"ParallelBatchProcessor({name}=...) is deprecated; "
+                    f"set ProcessorConfig.{field} and pass config= instead",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+        if config is None:
+            config = ProcessorConfig(
+                max_workers=max_workers or 5,
+                timeout_per_item=timeout_per_item or 120.0,
+                rate_limit=RateLimitConfig(cooldown_seconds=rate_limit_cooldown or 300.0),
+            )
+        elif not isinstance(config, ProcessorConfig):
+            raise TypeError(f"config must be a ProcessorConfig, got {type(config).__name__}")
+        else:
+            if max_workers is not None:
+                config.max_workers = max_workers
+            if timeout_per_item is not None:
+                config.timeout_per_item = timeout_per_item
+            if rate_limit_cooldown is not None:
+                config.rate_limit.cooldown_seconds = rate_limit_cooldown
+        config.validate()
+        super().__init__(
+            max_workers=config.max_workers,
+            post_processor=post_processor,
+            max_queue_size=config.max_queue_size,
+            progress_callback=progress_callback,
+            progress_callback_timeout=config.progress_callback_timeout,
+        )
+        if post_processor is not None and not callable(post_processor):
+            raise TypeError(f"post_processor must be callable, got {post_processor!r:.100}")
+        if progress_callback is not None and not callable(progress_callback):
+            raise TypeError(f"progress_callback must be callable, got {progress_callback!r:.100}")
+        self.config = config
+        self.error_classifier: ErrorClassifier = error_classifier or DefaultErrorClassifier()
+        if not callable(getattr(self.error_classifier, "classify", None)):
+            raise TypeError(
+                "error_classifier must have a classify(exception) -> ErrorInfo method, "
+                f"got {type(self.error_classifier).__name__}"
+            )
+        rl = config.rate_limit
+        self.rate_limit_strategy: RateLimitStrategy = (
+            rate_limit_strategy
+            if rate_limit_strategy is not None
+            else ExponentialBackoffStrategy(
+                initial_cooldown=rl.cooldown_seconds,
+                backoff_multiplier=rl.backoff_multiplier,
+                slow_start_items=rl.slow_start_items,
+                slow_start_initial_delay=rl.slow_start_initial_delay,
+                slow_start_final_delay=rl.slow_start_final_delay,
+            )
+        )
+        self.middlewares: list[Middleware[TInput, TOutput, TContext]] = (
+            middlewares if middlewares is not None else []
+        )
+        self.observers: list[ProcessorObserver] = observers if observers is not None else []
+        self._clock: Clock = clock if clock is not None else LoopClock()
+        self._random: Callable[[], float] = random.random
+        self._cooldown = CooldownCoordinator(self.rate_limit_strategy, self._clock, self._emit)
+        self._limiter: RequestLimiter | None = None
+
+    def __repr__(self) -> str:
+        stats = self._stats
+        return (
+            f"<{type(self).__name__} workers={self.max_workers} queued={len(self._queue)} "
+            f"processed={stats.processed}/{stats.total} started={self._started}>"
+        )
+
+    async def _emit(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        if self.observers:
+            await dispatch(self.observers, event, data, OBSERVER_CALLBACK_TIMEOUT)
+
+    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        await self._emit(event, data)
+
+    async def _before_batch(self) -> None:
+        config = self.config
+        self.max_workers = config.max_workers
+        self._progress_interval = config.progress_interval
+        self.progress_callback_timeout = config.progress_callback_timeout
+        rpm = config.max_requests_per_minute
+        if rpm is not None and self._limiter is None:
+            self._limiter = RequestLimiter(rpm, 60.0, self._clock)
+
+    # ----------------------------------------------------------------------------- worker
+
+    async def _worker_loop(self, worker_id: int) -> None:
+        observing = bool(self.observers)
+        if observing:
+            await self._emit(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})
+        queue = self._queue
+        cooldown = self._cooldown
+        post = self.post_processor
+        while queue:
+            item = queue.popleft()
+            if cooldown.paused:
+                await cooldown.wait_resumed()
+            if cooldown.slow_start_active:
+                await cooldown.slow_start_delay()
+            try:
+                result = await self._process_item(item, worker_id)
+            except Exception as exc:  # a bug of ours or a misbehaving hook: fail this item only
+                logger.exception("internal error while processing item %s", item.item_id)
+                result = WorkItemResult(
+                    item_id=item.item_id,
+                    success=False,
+                    error=_format_error(exc, 200),
+                    context=item.context,
+                    token_usage={},
+                )
+            self._record(result)
+            if post is not None:
+                await self._run_post_processor(result)
+        if observing:
+            await self._emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
+
+    # ----------------------------------------------------------------------------- one item
+
+    async def _process_item(
+        self, item: LLMWorkItem[TInput, TOutput, TContext], worker_id: int
+    ) -> WorkItemResult[TOutput, TContext]:
+        """Prepare the strategy, run attempts until one is final, and account every token."""
+        state = RetryState()
+        strategy = item.strategy
+        try:
+            if not self._is_prepared(strategy):
+                await self._ensure_prepared(strategy)
+        except Exception as exc:
+            return await self._fail_item(item, exc, None, worker_id)
+
+        max_attempts = self.config.retry.max_attempts
+        spent: dict[str, int] | None = None  # tokens of failed attempts so far (spec D9)
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1 and self._cooldown.paused:
+                await self._cooldown.wait_resumed()
+            outcome = await self._attempt(item, attempt, state, worker_id)
+            if type(outcome) is WorkItemResult:
+                if spent:
+                    outcome.token_usage = _merged_usage(spent, outcome.token_usage)
+                return outcome
+            if type(outcome) is _Final:
+                return cast(WorkItemResult[TOutput, TContext], outcome.result)
+            failure = cast(_Failure, outcome)
+            exc = failure.exc
+            if spent is None:
+                spent = {}
+            add_usage(spent, usage_from_exception(exc))
+            if failure.at_attempt:
+                return await self._fail_item(item, exc, spent, worker_id, limit=500)
+            if not failure.info.is_retryable or attempt >= max_attempts:
+                return await self._fail_item(item, exc, spent, worker_id)
+            retry = self.config.retry
+            wait = retry_wait(
+                attempt,
+                retry,
+                validation_like=is_validation_like(exc, failure.info),
+                rand=self._random,
+            )
+            if wait > 0:
+                await self._clock.sleep(wait)
+
+    async def _fail_item(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        exc: Exception,
+        spent: dict[str, int] | None,
+        worker_id: int,
+        limit: int = 200,
+    ) -> WorkItemResult[TOutput, TContext]:
+        """The item's final failure: middleware ``on_error`` first, then a failure result."""
+        if self.middlewares:
+            supplied = await self._middleware_on_error(item, exc)
+            if supplied is not None:
+                if not supplied.success and self.observers:
+                    await self._emit(
+                        ProcessingEvent.ITEM_FAILED,
+                        {"item_id": item.item_id, "error_type": type(exc).__name__},
+                    )
+                return supplied
+        usage: TokenUsage
+        if spent is not None:  # attempts ran: report what they cost, zeros included
+            usage = {
+                "input_tokens": spent.get("input_tokens", 0),
+                "output_tokens": spent.get("output_tokens", 0),
+                "total_tokens": spent.get("total_tokens", 0),
+                "cached_input_tokens": spent.get("cached_input_tokens", 0),
+            }
+        else:  # prepare() failed: no attempt ran
+            usage = {}
+        if self.observers:
+            await self._emit(
+                ProcessingEvent.ITEM_FAILED,
+                {"item_id": item.item_id, "error_type": type(exc).__name__},
+            )
+        return WorkItemResult(
+            item_id=item.item_id,
+            success=False,
+            error=_format_error(exc, limit),
+            context=item.context,
+            token_usage=usage,
+        )
+
+    async def _attempt(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        attempt: int,
+        state: RetryState,
+        worker_id: int,
+    ) -> WorkItemResult[TOutput, TContext] | _Failure | _Final:
+        """One call of the strategy: a success result, a final result, or a failure to decide."""
+        observing = bool(self.observers)
+        clock = self._clock
+        if observing:
+            await self._emit(
+                ProcessingEvent.ITEM_STARTED, {"item_id": item.item_id, "worker_id": worker_id}
+            )
+        started = clock.time()
+        work: LLMWorkItem[TInput, TOutput, TContext] | None = item
+        if self.middlewares:
+            work = await self._middleware_before(item)
+            if work is None:
+                return _Final(
+                    WorkItemResult(
+                        item_id=item.item_id,
+                        success=False,
+                        error=SKIPPED_ERROR,
+                        context=item.context,
+                    ),
+                    skipped=True,
+                )
+        strategy = work.strategy
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        config = self.config
+        try:
+            if config.dry_run:
+                output, usage = _check_call_result(strategy, await strategy.dry_run(work.prompt))
+            else:
+                timeout = config.timeout_per_item
+                execute = strategy.execute
+                try:
+                    async with asyncio.timeout(timeout) as scope:
+                        if _method_accepts_state(strategy, "execute", execute):
+                            returned = await execute(work.prompt, attempt, timeout, state)
+                        else:
+                            returned = await cast(Any, execute)(work.prompt, attempt, timeout)
+                except TimeoutError as timeout_error:
+                    if not scope.expired():
+                        raise
+                    elapsed = clock.time() - started
+                    raise FrameworkTimeoutError(
+                        f"Framework timeout after {elapsed:.1f}s (limit: {timeout}s)",
+                        item_id=item.item_id,
+                        elapsed=elapsed,
+                        timeout_limit=timeout,
+                    ) from timeout_error
+                output, usage = _check_call_result(strategy, returned)
+        except Exception as exc:
+            return await self._attempt_failed(item, strategy, exc, attempt, state, worker_id)
+
+        result: WorkItemResult[TOutput, TContext] = WorkItemResult(
+            item_id=item.item_id,
+            success=True,
+            output=output,
+            context=item.context,
+            token_usage=cast(TokenUsage, usage),
+        )
+        if self.middlewares:
+            result = await self._middleware_after(result)
+        if observing:
+            await self._emit(
+                ProcessingEvent.ITEM_COMPLETED,
+                {
+                    "item_id": item.item_id,
+                    "duration": clock.time() - started,
+                    "tokens": usage.get("total_tokens", 0),
+                },
+            )
+        self._cooldown.reset_consecutive()
+        return result
+
+    async def _attempt_failed(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        strategy: LLMCallStrategy[Any],
+        exc: Exception,
+        attempt: int,
+        state: RetryState,
+        worker_id: int,
+    ) -> WorkItemResult[TOutput, TContext] | _Failure | _Final:
+        """Tell the strategy, classify, join the cooldown on a rate limit; decide the outcome."""
+        on_error = strategy.on_error
+        try:
+            if _method_accepts_state(strategy, "on_error", on_error):
+                await on_error(exc, attempt, state)
+            else:
+                await cast(Any, on_error)(exc, attempt)
+        except Exception:
+            logger.exception("strategy on_error failed for item %s", item.item_id)
+        info = self.error_classifier.classify(exc)
+        if info.is_rate_limit:
+            self._stats.rate_limit_count += 1
+            if self.observers:
+                await self._emit(
+                    ProcessingEvent.RATE_LIMIT_HIT,
+                    {"item_id": item.item_id, "worker_id": worker_id},
+                )
+            await self._cooldown.on_rate_limit(worker_id, retry_after_seconds(exc))
+            return _Failure(exc, info)
+        return _Failure(exc, info, at_attempt=not info.is_retryable)
+
+    # ----------------------------------------------------------------------------- middleware
+
+    async def _middleware_before(
+        self, item: LLMWorkItem[TInput, TOutput, TContext]
+    ) -> LLMWorkItem[TInput, TOutput, TContext] | None:
+        current = item
+        for middleware in self.middlewares:
+            try:
+                returned = await middleware.before_process(current)
+            except Exception:
+                logger.exception("middleware %r before_process failed", middleware)
+                continue
+            if returned is None:
+                return None
+            current = returned
+        return current
+
+    async def _middleware_after(
+        self, result: WorkItemResult[TOutput, TContext]
+    ) -> WorkItemResult[TOutput, TContext]:
+        for middleware in reversed(self.middlewares):
+            try:
+                result = await middleware.after_process(result)
+            except Exception:
+                logger.exception("middleware %r after_process failed", middleware)
+        return result
+
+    async def _middleware_on_error(
+        self, item: LLMWorkItem[TInput, TOutput, TContext], exc: Exception
+    ) -> WorkItemResult[TOutput, TContext] | None:
+        for middleware in self.middlewares:
+            try:
+                supplied = await middleware.on_error(item, exc)
+            except Exception:
+                logger.exception("middleware %r on_error failed", middleware)
+                continue
+            if supplied is not None:
+                return supplied
+        return None
+
+
+def _merged_usage(spent: dict[str, int], final: Mapping[str, Any]) -> TokenUsage:
+    """Usage of a successful item that needed retries: every attempt counted (spec D9)."""
+    total = dict(spent)
+    add_usage(total, final)
+    merged: TokenUsage = {
+        "input_tokens": total.get("input_tokens", 0),
+        "output_tokens": total.get("output_tokens", 0),
+        "total_tokens": total.get("total_tokens", 0),
+    }
+    if total.get("cached_input_tokens"):
+        merged["cached_input_tokens"] = total["cached_input_tokens"]
+    return merged

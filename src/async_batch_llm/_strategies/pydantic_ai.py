@@ -1,0 +1,105 @@
+"""``PydanticAIStrategy``: run a pydantic-ai ``Agent`` (or any agent with ``async run``)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Generic
+
+from pydantic import BaseModel
+
+from async_batch_llm._internal.tokens import FAILED_USAGE_ATTR
+from async_batch_llm._strategies.base import LLMCallStrategy
+from async_batch_llm._types import RetryState, TokenUsage, TOutput
+from async_batch_llm.strategies.errors import TokenTrackingError
+
+__all__ = ["PydanticAIStrategy"]
+
+_INSTALL_HINT = (
+    "pydantic-ai is required for PydanticAIStrategy; "
+    "install it with: pip install 'async-batch-llm[pydantic-ai]'"
+)
+
+
+def _pydantic_ai_installed() -> bool:
+    return importlib.util.find_spec("pydantic_ai") is not None
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def read_usage(result: object) -> TokenUsage:
+    """Token usage of an agent run, for both the legacy and the current pydantic-ai shapes.
+
+    ``result.usage`` is called when it is a method (legacy ``request_tokens``/``response_tokens``
+    and :class:`~async_batch_llm.testing.MockResult`) and read when it is a property (pydantic-ai
+    2.x ``RunUsage`` with ``input_tokens``/``output_tokens``).
+    """
+    usage: Any = getattr(result, "usage", None)
+    if callable(usage):
+        usage = usage()
+    if usage is None:
+        return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    input_tokens = _int_or_none(getattr(usage, "input_tokens", None))
+    if input_tokens is None:
+        input_tokens = _int_or_none(getattr(usage, "request_tokens", None)) or 0
+    output_tokens = _int_or_none(getattr(usage, "output_tokens", None))
+    if output_tokens is None:
+        output_tokens = _int_or_none(getattr(usage, "response_tokens", None)) or 0
+    total = _int_or_none(getattr(usage, "total_tokens", None)) or 0
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": total}
+
+
+class PydanticAIStrategy(LLMCallStrategy[TOutput], Generic[TOutput]):
+    """Call a pydantic-ai ``Agent`` once per attempt and return its validated output.
+
+    Args:
+        agent: a ``pydantic_ai.Agent`` or any object with ``async run(prompt)`` whose result has
+            ``output`` and ``usage`` (for example :class:`async_batch_llm.testing.MockAgent`).
+
+    Raises:
+        ImportError: when pydantic-ai is not installed.
+    """
+
+    def __init__(self, agent: Any) -> None:
+        if not _pydantic_ai_installed():
+            raise ImportError(_INSTALL_HINT)
+        self.agent = agent
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[TOutput, TokenUsage]:
+        """Run the agent; usage is read before the output so a failing output still reports it."""
+        result = await self.agent.run(prompt)
+        usage = read_usage(result)
+        try:
+            output: TOutput = result.output
+        except Exception as exc:
+            if hasattr(exc, "__dict__"):
+                exc.__dict__[FAILED_USAGE_ATTR] = usage
+                raise
+            raise TokenTrackingError(str(exc), token_usage=usage) from exc
+        return output, usage
+
+    async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
+        """A model-shaped placeholder when the agent declares a pydantic output type."""
+        try:
+            for name in ("result_type", "output_type"):
+                declared = getattr(self.agent, name, None)
+                if isinstance(declared, type) and issubclass(declared, BaseModel):
+                    words = len(prompt.split())
+                    placeholder: Any = declared.model_construct()
+                    usage: TokenUsage = {
+                        "input_tokens": words,
+                        "output_tokens": 50,
+                        "total_tokens": words + 50,
+                    }
+                    return placeholder, usage
+        except Exception:  # fall back to the generic placeholder, as documented
+            pass
+        return await super().dry_run(prompt)
+
+    def __repr__(self) -> str:
+        return f"PydanticAIStrategy(agent={self.agent!r})"

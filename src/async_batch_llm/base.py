@@ -1,0 +1,43 @@
+"""Core data types and the processor base class."""
+
+from async_batch_llm._internal.processor import (
+    POST_PROCESSOR_EXECUTION_TIMEOUT,
+    PROGRESS_TASK_CANCELLATION_TIMEOUT,
+    WORKER_CANCELLATION_TIMEOUT,
+    WORKER_SHUTDOWN_TIMEOUT,
+    BatchProcessor,
+)
+from async_batch_llm._types import (
+    BatchResult,
+    LLMResponse,
+    LLMWorkItem,
+    PostProcessorFunc,
+    ProcessingStats,
+    ProgressCallbackFunc,
+    RetryState,
+    TContext,
+    TInput,
+    TokenUsage,
+    TOutput,
+    WorkItemResult,
+)
+
+__all__ = [
+    "POST_PROCESSOR_EXECUTION_TIMEOUT",
+    "PROGRESS_TASK_CANCELLATION_TIMEOUT",
+    "WORKER_CANCELLATION_TIMEOUT",
+    "WORKER_SHUTDOWN_TIMEOUT",
+    "BatchProcessor",
+    "BatchResult",
+    "LLMResponse",
+    "LLMWorkItem",
+    "PostProcessorFunc",
+    "ProcessingStats",
+    "ProgressCallbackFunc",
+    "RetryState",
+    "TContext",
+    "TInput",
+    "TOutput",
+    "TokenUsage",
+    "WorkItemResult",
+]
