@@ -33,8 +33,6 @@ async def dispatch(
             async with asyncio.timeout(timeout):
                 await observer.on_event(event, data)
         except TimeoutError:
-            logger.warning(
-                "observer %r timed out after %.1fs on %s", observer, timeout, event.name
-            )
+            logger.warning("observer %r timed out after %.1fs on %s", observer, timeout, event.name)
         except Exception:
             logger.exception("observer %r failed on %s", observer, event.name)

@@ -279,10 +279,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         )
         return BatchResult(results=list(self._results))
 
-    async def _before_batch(self) -> None:  # noqa: B027 - optional subclass hook
+    async def _before_batch(self) -> None:
         """Set up per-run state (subclass hook)."""
 
-    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:  # noqa: B027
+    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
         """Deliver an event to observers (subclass hook; the base has none)."""
 
     @abstractmethod
@@ -653,19 +653,19 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if type(outcome) is _Final:
                 return cast(WorkItemResult[TOutput, TContext], outcome.result)
             failure = cast(_Failure, outcome)
-            exc = failure.exc
+            error = failure.exc
             if spent is None:
                 spent = {}
-            add_usage(spent, usage_from_exception(exc))
+            add_usage(spent, usage_from_exception(error))
             if failure.at_attempt:
-                return await self._fail_item(item, exc, spent, worker_id, limit=500)
+                return await self._fail_item(item, error, spent, worker_id, limit=500)
             if not failure.info.is_retryable or attempt >= max_attempts:
-                return await self._fail_item(item, exc, spent, worker_id)
+                return await self._fail_item(item, error, spent, worker_id)
             retry = self.config.retry
             wait = retry_wait(
                 attempt,
                 retry,
-                validation_like=is_validation_like(exc, failure.info),
+                validation_like=is_validation_like(error, failure.info),
                 rand=self._random,
             )
             if wait > 0:
@@ -727,10 +727,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 ProcessingEvent.ITEM_STARTED, {"item_id": item.item_id, "worker_id": worker_id}
             )
         started = clock.time()
-        work: LLMWorkItem[TInput, TOutput, TContext] | None = item
+        work = item
         if self.middlewares:
-            work = await self._middleware_before(item)
-            if work is None:
+            replaced = await self._middleware_before(item)
+            if replaced is None:
                 return _Final(
                     WorkItemResult(
                         item_id=item.item_id,
@@ -740,6 +740,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     ),
                     skipped=True,
                 )
+            work = replaced
         strategy = work.strategy
         if self._limiter is not None:
             await self._limiter.acquire()

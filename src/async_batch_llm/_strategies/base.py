@@ -21,7 +21,7 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
     to methods that accept it.
     """
 
-    async def prepare(self) -> None:  # noqa: B027 - optional hook with a no-op default
+    async def prepare(self) -> None:
         """Acquire shared resources (a context cache, a client) before the first call."""
 
     @abstractmethod
@@ -43,12 +43,12 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
             Exception: any failure; the processor's error classifier decides whether to retry.
         """
 
-    async def on_error(  # noqa: B027 - optional hook with a no-op default
+    async def on_error(
         self, exception: Exception, attempt: int, state: RetryState | None = None
     ) -> None:
         """Observe a failed attempt (for example to adjust ``state`` before the next one)."""
 
-    async def cleanup(self) -> None:  # noqa: B027 - optional hook with a no-op default
+    async def cleanup(self) -> None:
         """Release what :meth:`prepare` acquired; runs once when the processor exits."""
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
