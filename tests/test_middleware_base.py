@@ -16,7 +16,7 @@ class EchoStrategy(LLMCallStrategy[str]):
         self,
         prompt: str,
         attempt: int,
-        timeout: float,  # noqa: ASYNC109 - signature fixed by LLMCallStrategy
+        timeout: float,
         state: RetryState | None = None,
     ) -> tuple[str, TokenUsage]:
         return prompt, {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
