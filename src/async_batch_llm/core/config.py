@@ -1,0 +1,350 @@
+"""Processor configuration: retries, rate limits and everything else (spec §12).
+
+The three dataclasses check themselves when constructed and again whenever :meth:`validate`
+is called (after mutating a field, for example). Nothing is coerced: a value of the wrong type
+raises ``TypeError`` naming the field, and a value out of range raises ``ValueError`` whose
+message begins with the fragment the spec fixes (``max_workers must be >= 1``) and goes on
+with the value given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from async_batch_llm._internal.backoff import capped_exponential
+
+__all__ = ["ProcessorConfig", "RateLimitConfig", "RetryConfig"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_REPR = 80
+_EXACT_SUM_TERMS = 10_000
+
+
+def _describe(value: object) -> str:
+    """``"<type name> <repr>"``, the repr shortened if it is long."""
+    text = repr(value)
+    if len(text) > _MAX_REPR:
+        text = text[: _MAX_REPR - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _check_int(name: str, value: object) -> None:
+    # bool subclasses int, but `max_workers=True` is a mistake, not a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+
+
+def _check_number(name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        allowed = "an int, a float or None" if optional else "an int or a float"
+        raise TypeError(f"{name} must be {allowed}, got {_describe(value)}")
+    # NaN compares false with everything, so it would slip through every range check below.
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{name} must not be NaN, got {value!r}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+
+
+def _check_instance(name: str, value: object, cls: type) -> None:
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, got {_describe(value)}")
+
+
+@dataclass
+class RetryConfig:
+    """How many attempts an item gets and how long to wait between them (spec §4.5).
+
+    The wait after failed attempt ``a`` is
+    ``min(initial_wait * exponential_base ** (a - 1), max_wait)`` seconds, shortened by a random
+    factor in ``[0.5, 1.0)`` when ``jitter`` is true. Validation-like failures retry at once.
+
+    Args:
+        max_attempts: total attempts per item, the first included (``1`` = no retries).
+        initial_wait: seconds to wait after the first failed attempt (> 0).
+        max_wait: upper bound of any wait, in seconds (>= ``initial_wait``).
+        exponential_base: growth factor between consecutive waits (>= 1).
+        jitter: multiply each wait by a random factor in ``[0.5, 1.0)``.
+
+    Raises:
+        TypeError: if a field has the wrong type (``bool`` is not an int; ints are accepted
+            where a float is expected).
+        ValueError: if a number is NaN or out of range; checks run in the order
+            ``max_attempts``, ``initial_wait``, ``max_wait``, ``exponential_base``.
+    """
+
+    max_attempts: int = 3
+    initial_wait: float = 1.0
+    max_wait: float = 60.0
+    exponential_base: float = 2.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again, for use after mutating the config.
+
+        Raises:
+            TypeError: if a field has the wrong type.
+            ValueError: if a value is NaN or out of range.
+        """
+        _check_int("max_attempts", self.max_attempts)
+        _check_number("initial_wait", self.initial_wait)
+        _check_number("max_wait", self.max_wait)
+        _check_number("exponential_base", self.exponential_base)
+        _check_bool("jitter", self.jitter)
+
+        if self.max_attempts < 1:
+            raise ValueError(
+                f"max_attempts must be >= 1, got {self.max_attempts!r} "
+                "(it counts every attempt, the first included; 1 means no retries)"
+            )
+        if self.initial_wait <= 0:
+            raise ValueError(
+                f"initial_wait must be > 0, got {self.initial_wait!r} "
+                "(seconds to wait before the first retry)"
+            )
+        if self.max_wait < self.initial_wait:
+            raise ValueError(
+                f"max_wait must be >= initial_wait, got max_wait={self.max_wait!r} "
+                f"and initial_wait={self.initial_wait!r}"
+            )
+        if self.exponential_base < 1:
+            raise ValueError(
+                f"exponential_base must be >= 1, got {self.exponential_base!r} "
+                "(1 keeps every wait at initial_wait)"
+            )
+
+
+@dataclass
+class RateLimitConfig:
+    """Settings of the default rate-limit strategy (spec §4.8).
+
+    The n-th consecutive cooldown lasts
+    ``min(cooldown_seconds * backoff_multiplier ** (n - 1), 600.0)`` seconds; after each
+    cooldown the next ``slow_start_items`` new items are delayed by a linear ramp from
+    ``slow_start_initial_delay`` down to ``slow_start_final_delay`` seconds.
+
+    Args:
+        cooldown_seconds: length of the first cooldown, in seconds (>= 0).
+        slow_start_items: number of new items delayed after each cooldown (>= 0; 0 disables).
+        slow_start_initial_delay: delay of the first item after a cooldown, in seconds.
+        slow_start_final_delay: smallest slow-start delay, in seconds (<= initial delay).
+        backoff_multiplier: growth factor between consecutive cooldowns (>= 1.0).
+
+    Raises:
+        TypeError: if a field has the wrong type.
+        ValueError: if a number is NaN or out of range; checks run in the order
+            ``cooldown_seconds``, ``slow_start_items``, the two delays, ``backoff_multiplier``.
+    """
+
+    cooldown_seconds: float = 300.0
+    slow_start_items: int = 50
+    slow_start_initial_delay: float = 2.0
+    slow_start_final_delay: float = 0.1
+    backoff_multiplier: float = 1.5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again, for use after mutating the config.
+
+        Raises:
+            TypeError: if a field has the wrong type.
+            ValueError: if a value is NaN or out of range.
+        """
+        _check_number("cooldown_seconds", self.cooldown_seconds)
+        _check_int("slow_start_items", self.slow_start_items)
+        _check_number("slow_start_initial_delay", self.slow_start_initial_delay)
+        _check_number("slow_start_final_delay", self.slow_start_final_delay)
+        _check_number("backoff_multiplier", self.backoff_multiplier)
+
+        if self.cooldown_seconds < 0:
+            raise ValueError(f"cooldown_seconds must be >= 0, got {self.cooldown_seconds!r}")
+        if self.slow_start_items < 0:
+            raise ValueError(
+                f"slow_start_items must be >= 0, got {self.slow_start_items!r} "
+                "(0 disables slow start)"
+            )
+        if self.slow_start_initial_delay < self.slow_start_final_delay:
+            raise ValueError(
+                "slow_start_initial_delay must be >= slow_start_final_delay, got "
+                f"slow_start_initial_delay={self.slow_start_initial_delay!r} "
+                f"and slow_start_final_delay={self.slow_start_final_delay!r}"
+            )
+        if self.backoff_multiplier < 1.0:
+            raise ValueError(
+                f"backoff_multiplier must be >= 1.0, got {self.backoff_multiplier!r} "
+                "(1.0 keeps every cooldown at cooldown_seconds)"
+            )
+
+
+@dataclass
+class ProcessorConfig:
+    """Everything a :class:`ParallelBatchProcessor` needs to know (spec §12.3).
+
+    Args:
+        max_workers: number of worker tasks (>= 1).
+        timeout_per_item: seconds allowed for each attempt's ``execute()`` call (> 0); not a
+            budget for the whole item (spec §4.4.1).
+        retry: attempts and waits between them.
+        rate_limit: cooldown and slow-start settings of the default rate-limit strategy.
+        max_requests_per_minute: proactive limit on attempts started per minute (> 0), or
+            ``None`` for no limit.
+        progress_interval: every this many processed items, log progress and call the
+            progress callback (>= 1).
+        progress_callback_timeout: seconds after which a running progress callback is
+            abandoned (> 0), or ``None`` for no limit.
+        enable_detailed_logging: stored, currently without effect.
+        max_queue_size: bound of the work queue, ``0`` for unbounded (>= 0).
+        dry_run: call ``strategy.dry_run()`` instead of ``execute()``.
+
+    Raises:
+        TypeError: if a field has the wrong type (``retry`` must be a :class:`RetryConfig`,
+            ``rate_limit`` a :class:`RateLimitConfig`).
+        ValueError: if a number is NaN or out of range; own fields are checked first (in the
+            order ``max_workers``, ``timeout_per_item``, ``progress_interval``,
+            ``progress_callback_timeout``, ``max_queue_size``, ``max_requests_per_minute``),
+            then ``retry`` and ``rate_limit``.
+
+    Settings that are valid but probably unintended are logged as warnings on the
+    ``async_batch_llm.core.config`` logger, never raised.
+    """
+
+    max_workers: int = 5
+    timeout_per_item: float = 120.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    max_requests_per_minute: float | None = None
+    progress_interval: int = 10
+    progress_callback_timeout: float | None = 5.0
+    enable_detailed_logging: bool = False
+    max_queue_size: int = 0
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (and the nested configs) again, then log advisory warnings.
+
+        Raises:
+            TypeError: if a field has the wrong type.
+            ValueError: if a value is NaN or out of range.
+        """
+        _check_int("max_workers", self.max_workers)
+        _check_number("timeout_per_item", self.timeout_per_item)
+        _check_instance("retry", self.retry, RetryConfig)
+        _check_instance("rate_limit", self.rate_limit, RateLimitConfig)
+        _check_number("max_requests_per_minute", self.max_requests_per_minute, optional=True)
+        _check_int("progress_interval", self.progress_interval)
+        _check_number("progress_callback_timeout", self.progress_callback_timeout, optional=True)
+        _check_bool("enable_detailed_logging", self.enable_detailed_logging)
+        _check_int("max_queue_size", self.max_queue_size)
+        _check_bool("dry_run", self.dry_run)
+
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {self.max_workers!r}")
+        if self.timeout_per_item <= 0:
+            raise ValueError(
+                f"timeout_per_item must be > 0, got {self.timeout_per_item!r} "
+                "(seconds allowed for each attempt)"
+            )
+        if self.progress_interval < 1:
+            raise ValueError(f"progress_interval must be >= 1, got {self.progress_interval!r}")
+        if self.progress_callback_timeout is not None and self.progress_callback_timeout <= 0:
+            raise ValueError(
+                "progress_callback_timeout must be > 0, got "
+                f"{self.progress_callback_timeout!r} (use None for no limit)"
+            )
+        if self.max_queue_size < 0:
+            raise ValueError(
+                f"max_queue_size must be >= 0, got {self.max_queue_size!r} (0 means unbounded)"
+            )
+        if self.max_requests_per_minute is not None and self.max_requests_per_minute <= 0:
+            raise ValueError(
+                "max_requests_per_minute must be > 0 or None, got "
+                f"{self.max_requests_per_minute!r} (None disables proactive rate limiting)"
+            )
+        self.retry.validate()
+        self.rate_limit.validate()
+
+        self._warn_about_unlikely_settings()
+
+    def _warn_about_unlikely_settings(self) -> None:
+        if 0 < self.max_queue_size < self.max_workers:
+            logger.warning(
+                "max_queue_size=%r is smaller than max_workers=%r; "
+                "the queue bound limits how many workers can be busy",
+                self.max_queue_size,
+                self.max_workers,
+            )
+        if self.timeout_per_item < self.retry.initial_wait:
+            logger.warning(
+                "timeout_per_item=%r is shorter than retry.initial_wait=%r",
+                self.timeout_per_item,
+                self.retry.initial_wait,
+            )
+        worst_case = _worst_case_total_retry_wait(self.retry)
+        if self.timeout_per_item < worst_case / 2:
+            logger.warning(
+                "timeout_per_item=%r is shorter than half of the worst-case total retry "
+                "wait (%r s over %r attempts)",
+                self.timeout_per_item,
+                worst_case,
+                self.retry.max_attempts,
+            )
+        if (
+            self.max_requests_per_minute is not None
+            and self.max_requests_per_minute / 60 < self.max_workers
+        ):
+            logger.warning(
+                "max_requests_per_minute=%r allows fewer requests per second than "
+                "max_workers=%r; workers will mostly wait for the rate limiter",
+                self.max_requests_per_minute,
+                self.max_workers,
+            )
+
+
+def _worst_case_total_retry_wait(retry: RetryConfig) -> float:
+    """``sum(min(initial_wait * base ** i, max_wait) for i in range(max_attempts - 1))``.
+
+    Summed term by term (exactly as written) until the terms reach ``max_wait``, after which
+    they all equal it. Only when more than ``_EXACT_SUM_TERMS`` terms stay below the cap (a
+    base barely above 1, or a huge cap) is a closed-form geometric series used instead, so a
+    huge ``max_attempts`` is cheap and never overflows. Assumes a validated ``retry``.
+    """
+    retries = retry.max_attempts - 1
+    initial, base, cap = retry.initial_wait, retry.exponential_base, retry.max_wait
+    total = 0.0
+    for i in range(min(retries, _EXACT_SUM_TERMS)):
+        term = capped_exponential(initial, base, i, cap)
+        if term >= cap:
+            return total + (retries - i) * cap
+        total += term
+    if retries <= _EXACT_SUM_TERMS:
+        return total
+    growth = math.log1p(base - 1.0)
+    if growth == 0.0:
+        # base == 1: every term is initial_wait (below the cap, or the loop would have ended).
+        return retries * initial
+    # The geometric series sum_{i<k} initial * base**i = initial * (base**k - 1) / (base - 1),
+    # written with expm1/log1p to stay accurate for a base close to 1.
+    if math.isinf(cap):
+        uncapped = retries
+    else:
+        uncapped = min(retries, math.ceil(math.log(cap / initial) / growth))
+    try:
+        geometric = initial * math.expm1(uncapped * growth) / (base - 1.0)
+    except OverflowError:
+        return math.inf
+    return geometric + (retries - uncapped) * cap
