@@ -1,0 +1,613 @@
+"""A local OpenAI Chat Completions server for ``openai``, pydantic-ai and LangChain.
+
+Point the SDK at :attr:`OpenAIServer.base_url` (the ``/v1`` root)::
+
+    from openai import AsyncOpenAI
+
+    async with OpenAIServer() as server:
+        client = AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        completion = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+        )
+
+The same URL works for pydantic-ai (``OpenAIChatModel(...,
+provider=OpenAIProvider(base_url=server.base_url, api_key="test"))``) and
+LangChain (``ChatOpenAI(base_url=server.base_url, api_key="test", model=...)``).
+Served:
+
+* ``POST /v1/chat/completions`` (kind ``"chat_completions"``), including
+  ``stream: true`` (server-sent events, with a usage chunk when
+  ``stream_options.include_usage`` is set), ``n``, ``response_format``
+  (``json_schema``/``json_object``), ``tools``/``tool_choice`` and
+  ``max_tokens``/``max_completion_tokens`` (longer replies are cut to that many
+  words with ``finish_reason: "length"``).
+* ``GET /v1/models`` and ``GET /v1/models/{id}`` (kinds ``"models_list"``, ``"models_retrieve"``).
+
+Structured output: pydantic-ai 2.62's ``OpenAIChatModel`` asks for a pydantic
+``output_type`` with a ``final_result`` function tool and ``tool_choice:
+"required"``; the default response function answers that with a tool call
+whose arguments are an example of the tool's schema, and a response function
+returning a ``dict`` gets that dict as the arguments of the forced tool.
+
+Token accounting: ``prompt_tokens`` is the word count of every message's text
+(all roles, plus assistant tool-call names/arguments), at least 1;
+``completion_tokens`` is the word count of the reply text (plus tool-call names
+and JSON arguments), at least 1, times ``n``.  Prompt caching is emulated like
+OpenAI's automatic prefix caching: the word sequence of the prompt is compared
+with earlier requests for the same model, and ``prompt_tokens_details.
+cached_tokens`` is the longest shared prefix rounded down to
+``prompt_cache_min_tokens + k * prompt_cache_increment`` (1024 + k*128, so 0 below
+1024 shared words); entries expire ``prompt_cache_ttl`` seconds (by ``clock``)
+after their last use.
+
+Errors use ``{"error": {"message", "type", "param", "code"}}``.
+:class:`RateLimited` answers 429 (``type: "requests"``, ``code:
+"rate_limit_exceeded"``) with ``retry-after`` (whole seconds, rounded up) and
+``retry-after-ms`` headers plus ``x-ratelimit-*`` headers.  Every response has an
+``x-request-id`` header.
+
+Retries: the ``openai`` SDK retries 408/409/429/5xx and connection errors twice
+by default (honouring ``retry-after-ms``/``retry-after`` up to 120 s, otherwise
+0.5 s doubling up to 8 s with jitter); pass ``max_retries=0`` to disable.  It
+raises ``openai.RateLimitError`` (429), ``openai.InternalServerError`` (>= 500),
+``openai.BadRequestError``/``AuthenticationError``/``NotFoundError``/... , all
+``openai.APIStatusError`` with ``.status_code``, ``.response`` (``httpx2``; its
+``.headers`` carry ``retry-after``), ``.body`` (the ``error`` object) and
+``.request_id``; a client-side timeout raises ``openai.APITimeoutError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from ._core import (
+    APIError,
+    FaultFn,
+    JSONDict,
+    Malformed,
+    ProviderRequest,
+    ProviderServer,
+    Reply,
+    RequestDetails,
+    Respond,
+    Route,
+    ToolCall,
+    ToolSpec,
+    count_tokens,
+    split_text,
+    truncate_words,
+    word_count,
+)
+from ._http import HTTPRequest, HTTPResponse
+
+__all__ = ["OpenAIServer"]
+
+_MODEL = re.compile(r"^/v1/models/(?P<model>[^/]+)$")
+DEFAULT_OPENAI_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
+
+_ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    403: ("invalid_request_error", None, "You are not allowed to access this resource."),
+    404: ("invalid_request_error", None, "Not found."),
+    409: ("invalid_request_error", None, "Conflict."),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests per min (RPM). Please try again later.",
+    ),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+    504: ("server_error", None, "Gateway timeout."),
+}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text", None)
+        )
+    return ""
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    pieces = [_text(message.get("content"))]
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            pieces.append(f"{function.get('name', '')} {function.get('arguments', '')}")
+    return " ".join(p for p in pieces if p)
+
+
+def _tool_choice(choice: Any) -> str | None:
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, Mapping):
+        function = choice.get("function")
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            return str(function["name"])
+        allowed = choice.get("allowed_tools")
+        if isinstance(allowed, Mapping):
+            return str(allowed.get("mode", "auto"))
+    return None
+
+
+def _tools(tools: Any) -> tuple[ToolSpec, ...]:
+    specs = []
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            params = function.get("parameters")
+            specs.append(
+                ToolSpec(
+                    name=function["name"],
+                    description=function.get("description"),
+                    parameters=dict(params) if isinstance(params, Mapping) else {},
+                )
+            )
+    return tuple(specs)
+
+
+def _response_schema(response_format: Any) -> JSONDict | None:
+    if not isinstance(response_format, Mapping):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        return dict(schema) if isinstance(schema, Mapping) else {"type": "object"}
+    if kind == "json_object":
+        return {"type": "object"}
+    return None
+
+
+class _PrefixCache:
+    """OpenAI-style automatic prefix caching over word sequences."""
+
+    def __init__(self, min_tokens: int, increment: int, ttl: float) -> None:
+        self.min_tokens = min_tokens
+        self.increment = max(increment, 1)
+        self.ttl = ttl
+        self._entries: dict[tuple[str, int, str], float] = {}
+
+    def _boundaries(self, length: int) -> list[int]:
+        start = self.min_tokens if self.min_tokens > 0 else self.increment
+        return list(range(start, length + 1, self.increment))
+
+    def lookup_and_store(self, model: str, words: Sequence[str], now: float) -> int:
+        boundaries = self._boundaries(len(words))
+        if not boundaries:
+            return 0
+        digests: dict[int, str] = {}
+        hasher = hashlib.sha256()
+        position = 0
+        for boundary in boundaries:
+            for word in words[position:boundary]:
+                hasher.update(word.encode("utf-8") + b"\x00")
+            position = boundary
+            digests[boundary] = hasher.hexdigest()
+        hit = 0
+        for boundary, digest in digests.items():
+            expiry = self._entries.get((model, boundary, digest))
+            if expiry is not None and expiry > now:
+                hit = boundary
+        for boundary, digest in digests.items():
+            self._entries[(model, boundary, digest)] = now + self.ttl
+        return hit
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class OpenAIServer(ProviderServer):
+    """A local OpenAI Chat Completions server.
+
+    Args:
+        respond: Response function for chat completions (see :class:`ProviderServer`).
+        fault_fn: Per-request fault function.
+        latency: Seconds to delay every request.
+        clock: Wall clock for ``created`` timestamps and prompt-cache expiry.
+        models: If given, only these models exist (others get 404
+            ``model_not_found``); also the list served by ``GET /v1/models``.
+        prompt_caching: Emulate automatic prefix caching (``cached_tokens``).
+        prompt_cache_min_tokens: Shortest cacheable prefix (1024, as OpenAI).
+        prompt_cache_increment: Cache granularity above the minimum (128, as OpenAI).
+        prompt_cache_ttl: Seconds an unused prefix stays cached (600).
+        api_key: If set, ``Authorization: Bearer <key>`` must match, otherwise 401.
+        host, port, raise_handler_errors: See :class:`ProviderServer`.
+    """
+
+    provider: ClassVar[str] = "openai"
+    kinds: ClassVar[frozenset[str]] = frozenset(
+        {"chat_completions", "models_list", "models_retrieve", "unknown"}
+    )
+    generation_kinds: ClassVar[frozenset[str]] = frozenset({"chat_completions"})
+
+    def __init__(
+        self,
+        *,
+        respond: Respond | None = None,
+        fault_fn: FaultFn | None = None,
+        latency: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        models: Collection[str] | None = None,
+        prompt_caching: bool = True,
+        prompt_cache_min_tokens: int = 1024,
+        prompt_cache_increment: int = 128,
+        prompt_cache_ttl: float = 600.0,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        raise_handler_errors: bool = True,
+    ) -> None:
+        super().__init__(
+            respond=respond,
+            fault_fn=fault_fn,
+            latency=latency,
+            clock=clock,
+            host=host,
+            port=port,
+            api_key=api_key,
+            raise_handler_errors=raise_handler_errors,
+        )
+        self.models = None if models is None else list(models)
+        self.prompt_caching = prompt_caching
+        self._prefix_cache = _PrefixCache(
+            prompt_cache_min_tokens, prompt_cache_increment, prompt_cache_ttl
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The ``/v1`` root the ``openai`` SDK expects as ``base_url``."""
+        return f"{self.url}/v1"
+
+    def clear_prompt_cache(self) -> None:
+        """Forget every cached prompt prefix."""
+        self._prefix_cache.clear()
+
+    # ----------------------------------------------------------------- routing
+
+    def _check_api_key(self, raw: HTTPRequest) -> APIError | None:
+        header = raw.headers.get("authorization", "")
+        if header == f"Bearer {self.api_key}":
+            return None
+        presented = header.removeprefix("Bearer ")
+        shown = f"{presented[:3]}***{presented[-4:]}" if len(presented) > 8 else "***"
+        return APIError(
+            401,
+            f"Incorrect API key provided: {shown}. "
+            "You can find your API key in your account settings.",
+            code="invalid_api_key",
+        )
+
+    def _route(self, raw: HTTPRequest, body: JSONDict) -> Route | None:
+        if raw.path == "/v1/chat/completions" and raw.method == "POST":
+            return Route(self._chat_details(body), self._chat)
+        if raw.path == "/v1/models" and raw.method == "GET":
+            return Route(RequestDetails(kind="models_list"), self._models_list)
+        match = _MODEL.match(raw.path)
+        if match is not None and raw.method == "GET":
+            return Route(
+                RequestDetails(kind="models_retrieve", model=match["model"]), self._models_retrieve
+            )
+        return None
+
+    def _chat_details(self, body: JSONDict) -> RequestDetails:
+        messages = body.get("messages")
+        messages = (
+            [m for m in messages if isinstance(m, Mapping)] if isinstance(messages, list) else []
+        )
+        model = body.get("model")
+        return RequestDetails(
+            kind="chat_completions",
+            model=model if isinstance(model, str) else None,
+            prompt="\n".join(_text(m.get("content")) for m in messages if m.get("role") == "user"),
+            system="\n".join(
+                _text(m.get("content"))
+                for m in messages
+                if m.get("role") in ("system", "developer")
+            ),
+            input_tokens=count_tokens(" ".join(_message_text(m) for m in messages)),
+            response_schema=_response_schema(body.get("response_format")),
+            tools=_tools(body.get("tools")),
+            tool_choice=_tool_choice(body.get("tool_choice")),
+            generation=True,
+        )
+
+    # ----------------------------------------------------------------- errors
+
+    def _error_response(
+        self,
+        status: int,
+        message: str | None,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> HTTPResponse:
+        error_type, default_code, default_message = _ERROR_KINDS.get(
+            status,
+            ("server_error", None, "Server error.")
+            if status >= 500
+            else ("invalid_request_error", None, "Request failed."),
+        )
+        body = {
+            "error": {
+                "message": message or default_message,
+                "type": error_type,
+                "param": None,
+                "code": code if code is not None else default_code,
+            }
+        }
+        extra = [("x-request-id", self._next_id("req_", 24))]
+        if retry_after is not None:
+            extra.append(("retry-after", str(max(math.ceil(retry_after), 0))))
+            extra.append(("retry-after-ms", str(max(round(retry_after * 1000), 0))))
+        if status == 429:
+            reset = f"{retry_after if retry_after is not None else 1.0:g}s"
+            extra.extend(
+                [
+                    ("x-ratelimit-limit-requests", "500"),
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", reset),
+                    ("x-ratelimit-limit-tokens", "200000"),
+                    ("x-ratelimit-remaining-tokens", "0"),
+                    ("x-ratelimit-reset-tokens", reset),
+                ]
+            )
+        return self._json_response(body, status=status, headers=[*extra, *headers])
+
+    def _malformed_reply(self, reply: Reply, fault: Malformed) -> Reply:
+        if reply.tool_calls:
+            calls = tuple(ToolCall(c.name, fault.text, c.id) for c in reply.tool_calls)
+            return replace(reply, tool_calls=calls)
+        return replace(reply, text=fault.text)
+
+    # ------------------------------------------------------------- generation
+
+    def _validate(self, request: ProviderRequest) -> None:
+        body = request.body
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise APIError(400, "you must provide a model parameter")
+        messages = body.get("messages")
+        if messages is None:
+            raise APIError(
+                400, "Missing required parameter: 'messages'.", code="missing_required_parameter"
+            )
+        if not isinstance(messages, list) or not messages:
+            raise APIError(
+                400, f"{json.dumps(messages)} is too short - 'messages'", code="empty_array"
+            )
+        if self.models is not None and request.model not in self.models:
+            raise APIError(
+                404,
+                f"The model `{request.model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+
+    def _cached_tokens(self, request: ProviderRequest, reply: Reply) -> int:
+        if reply.cached_tokens is not None:
+            return reply.cached_tokens
+        if not self.prompt_caching:
+            return 0
+        messages = request.body.get("messages")
+        texts = (
+            [_message_text(m) for m in messages if isinstance(m, Mapping)]
+            if isinstance(messages, list)
+            else []
+        )
+        words = " ".join(texts).split()
+        return self._prefix_cache.lookup_and_store(request.model or "", words, self.clock())
+
+    async def _chat(self, request: ProviderRequest, malformed: Malformed | None) -> HTTPResponse:
+        self._validate(request)
+        reply = await self._reply(request, malformed)
+        body = request.body
+        finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        text = reply.text
+        if (
+            text is not None
+            and isinstance(limit, int)
+            and word_count(text) > limit
+            and reply.finish_reason is None
+        ):
+            text = truncate_words(text, limit)
+            finish = "length"
+            reply = replace(reply, text=text)
+        requested_n = body.get("n")
+        n = requested_n if isinstance(requested_n, int) and requested_n > 0 else 1
+        tool_calls = [
+            {
+                "id": call.id or self._next_id("call_", 24),
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json()},
+            }
+            for call in reply.tool_calls
+        ]
+        output = (
+            reply.output_tokens
+            if reply.output_tokens is not None
+            else count_tokens(reply.output_text())
+        )
+        prompt_tokens = (
+            reply.input_tokens if reply.input_tokens is not None else request.input_tokens
+        )
+        cached = min(self._cached_tokens(request, reply), prompt_tokens)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": output * n,
+            "total_tokens": prompt_tokens + output * n,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+        completion_id = self._next_id("chatcmpl-", 24)
+        created = int(self.clock())
+        headers = [("x-request-id", self._next_id("req_", 24)), *reply.headers.items()]
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+            stream = self._stream(
+                completion_id,
+                created,
+                request.model or "",
+                text,
+                tool_calls,
+                finish,
+                n,
+                usage if include_usage else None,
+            )
+            return HTTPResponse(
+                200, stream=stream, content_type="text/event-stream; charset=utf-8", headers=headers
+            )
+        message: JSONDict = {
+            "role": "assistant",
+            "content": text,
+            "refusal": None,
+            "annotations": [],
+        }
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": request.model,
+            "choices": [
+                {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                for i in range(n)
+            ],
+            "usage": usage,
+            "service_tier": "default",
+            "system_fingerprint": "fp_local",
+        }
+        return self._json_response(payload, headers=headers)
+
+    async def _stream(
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        text: str | None,
+        tool_calls: list[JSONDict],
+        finish: str,
+        n: int,
+        usage: JSONDict | None,
+    ) -> AsyncIterator[bytes]:
+        def event(choices: list[JSONDict], **extra: Any) -> bytes:
+            chunk = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_local",
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        for i in range(n):
+            yield event(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for piece in split_text(text or ""):
+                yield event(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"content": piece},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+                await asyncio.sleep(0)
+            for position, call in enumerate(tool_calls):
+                head = {
+                    "index": position,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
+                yield event(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"tool_calls": [head]},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+                args = {"index": position, "function": {"arguments": call["function"]["arguments"]}}
+                yield event(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"tool_calls": [args]},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            yield event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}])
+        if usage is not None:
+            yield event([], usage=usage)
+        yield b"data: [DONE]\n\n"
+
+    # ----------------------------------------------------------------- models
+
+    def _model_names(self) -> list[str]:
+        return list(self.models) if self.models is not None else list(DEFAULT_OPENAI_MODELS)
+
+    def _model_json(self, name: str) -> JSONDict:
+        return {"id": name, "object": "model", "created": 1700000000, "owned_by": "system"}
+
+    async def _models_list(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        return self._json_response(
+            {"object": "list", "data": [self._model_json(m) for m in self._model_names()]}
+        )
+
+    async def _models_retrieve(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        if self.models is not None and request.model not in self.models:
+            raise APIError(
+                404,
+                f"The model `{request.model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        return self._json_response(self._model_json(request.model or ""))
