@@ -1,8 +1,16 @@
-"""`make demo`: a real batch, end to end, offline and without an API key.
+"""`make demo`: a real batch over HTTP, end to end, offline and without an API key.
 
-300 items go through a simulated provider that answers after a few milliseconds, fails some calls
-with transient errors, and throws a burst of 429s partway through. Watch the retries, the one
-cooldown shared by every worker and the slow-start ramp as they happen, then the summary and the
+300 items go through the official ``openai`` SDK to a local OpenAI emulator
+(``async_batch_llm.testing.servers.OpenAIServer``) on 127.0.0.1. The client has
+``max_retries=0``, so every retry you see is the processor's. The emulator answers after
+20-120 ms and fails about one request in twenty with a 500/502/503. A third of the way in, it
+goes over quota for 1.5 s: the requests it answers then get ``429`` with a ``Retry-After``. Every
+request repeats a 1,200-word instruction, so from the second request on the emulator reports
+that prefix as cached, the way OpenAI's prompt caching does.
+
+Watch the retries, the one cooldown shared by every worker (lasting as long as the server's
+``Retry-After`` asks, longer than the configured 0.5 s) and the slow-start ramp after it, as they
+happen; then the summary (requests counted by the server, tokens, cache hit rate) and the
 Prometheus export.
 
 Run it with ``make demo`` or ``python examples/demo.py [--items N]``.
@@ -15,9 +23,13 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from typing import Any
 
+import openai
+
 from async_batch_llm import (
+    ExponentialBackoffStrategy,
     LLMCallStrategy,
     LLMWorkItem,
     MetricsObserver,
@@ -29,84 +41,157 @@ from async_batch_llm import (
     TokenUsage,
 )
 from async_batch_llm.observers import BaseObserver, ProcessingEvent
+from async_batch_llm.testing.servers import (
+    OpenAIServer,
+    ProviderRequest,
+    RateLimited,
+    ResponseValue,
+    ServerError,
+)
+
+MODEL = "gpt-4o-mini"
+RETRY_AFTER = 1.5  # seconds the emulated provider stays over quota (its first Retry-After)
+STARTED = time.monotonic()
+
+# The same long instruction opens every request; providers cache such shared prefixes.
+STYLE_GUIDE = " ".join(
+    f"Rule {n}: write plain, concrete sentences, keep the author's meaning, name every source "
+    f"and never invent numbers, dates or quotes."
+    for n in range(1, 61)
+)
 
 
-class RateLimitError(Exception):
-    """What our simulated provider raises for HTTP 429 (recognised by its message)."""
+def stamp() -> str:
+    return f"[{time.monotonic() - STARTED:6.2f}s]"
 
 
-class SimulatedProvider:
-    """A pretend LLM API: some latency, some transient failures, one burst of 429s."""
-
-    def __init__(self, seed: int, burst_start: int, burst_len: int) -> None:
-        self.rng = random.Random(seed)
-        self.calls = 0
-        self.burst = range(burst_start, burst_start + burst_len)
-
-    async def complete(self, prompt: str) -> tuple[str, int, int, int]:
-        self.calls += 1
-        call = self.calls
-        await asyncio.sleep(self.rng.uniform(0.005, 0.02))
-        if call in self.burst:
-            raise RateLimitError("429 Too Many Requests: rate limit exceeded")
-        if self.rng.random() < 0.08:
-            raise ConnectionError("connection reset by peer")
-        words = len(prompt.split())
-        cached = 8 if "shared context" in prompt else 0
-        return f"summary of: {prompt[:30]}", words + 8, 12, cached
+# ------------------------------------------------------------------------- the emulated provider
 
 
-class DemoStrategy(LLMCallStrategy[str]):
-    """Calls the simulated provider; reports tokens, cached ones included."""
+class FlakyProvider:
+    """Answers the local OpenAI emulator's requests like a busy provider would.
 
-    def __init__(self, provider: SimulatedProvider) -> None:
-        self.provider = provider
+    Each request takes 20-120 ms. About one in twenty then fails with a 500, 502 or 503
+    (deterministic by arrival order). From request ``items // 3`` on, the provider is over quota
+    for ``RETRY_AFTER`` seconds: every request answered in that window gets a 429 whose
+    ``Retry-After`` says how long the window still lasts.
+    """
+
+    def __init__(self, items: int, seed: int = 7) -> None:
+        self.seed = seed
+        self.quota_from = items // 3
+        self.quota_until: float | None = None  # end of the over-quota window (monotonic)
+
+    async def respond(self, request: ProviderRequest) -> ResponseValue:
+        rng = random.Random(self.seed * 1_000_003 + request.index)
+        await asyncio.sleep(0.02 + 0.1 * rng.random())
+        now = time.monotonic()
+        if self.quota_until is None and request.index >= self.quota_from:
+            self.quota_until = now + RETRY_AFTER
+        if self.quota_until is not None and now < self.quota_until:
+            return RateLimited(retry_after=round(self.quota_until - now, 3))
+        if rng.random() < 0.05:
+            return ServerError(rng.choice((500, 502, 503)))
+        return "Summary: " + " ".join(request.prompt.split()[:12])
+
+
+# ---------------------------------------------------------------------------- the strategy
+
+
+class OpenAIChatStrategy(LLMCallStrategy[str]):
+    """One chat completion per attempt; reports tokens, cached prompt tokens included."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
+        self.retry_after: float | None = None  # the last Retry-After the server sent
+        self.started: list[float] = []  # monotonic time at which each call began
 
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
     ) -> tuple[str, TokenUsage]:
-        text, input_tokens, output_tokens, cached = await self.provider.complete(prompt)
-        usage: TokenUsage = {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-            "cached_input_tokens": cached,
+        self.started.append(time.monotonic())
+        completion = await self.client.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {"role": "system", "content": STYLE_GUIDE},
+                {"role": "user", "content": prompt},
+            ],
+            timeout=timeout,
+        )
+        usage = completion.usage
+        if usage is None:
+            return completion.choices[0].message.content or "", {}
+        details = usage.prompt_tokens_details
+        tokens: TokenUsage = {
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "cached_input_tokens": (details.cached_tokens or 0) if details else 0,
         }
-        return text, usage
+        return completion.choices[0].message.content or "", tokens
+
+    async def on_error(
+        self, exception: Exception, attempt: int, state: RetryState | None = None
+    ) -> None:
+        if isinstance(exception, openai.RateLimitError):
+            millis = exception.response.headers.get("retry-after-ms")
+            self.retry_after = float(millis) / 1000 if millis else None
+
+
+# ------------------------------------------------------------------------------- live log
+
+
+class NarratedBackoff(ExponentialBackoffStrategy):
+    """The default rate-limit strategy, printing the slow-start ramp as it happens."""
+
+    def should_apply_slow_start(self, items_since_resume: int) -> tuple[bool, float]:
+        apply, delay = super().should_apply_slow_start(items_since_resume)
+        if apply and items_since_resume % 4 == 0:
+            print(
+                f"{stamp()} SLOW    item {items_since_resume + 1:2d}/{self.slow_start_items} "
+                f"after the pause waits {delay:.2f}s before it starts"
+            )
+        elif not apply:
+            print(f"{stamp()} FULL    speed again: slow start is over")
+        return apply, delay
 
 
 class LiveLog(BaseObserver):
-    """Prints what the processor does, as it happens."""
+    """Prints retries, rate limits and the shared cooldown as they happen."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.attempts: dict[str, int] = {}
+    def __init__(self, strategy: OpenAIChatStrategy, configured_cooldown: float) -> None:
+        self.strategy = strategy
+        self.configured_cooldown = configured_cooldown
+        self.attempts: Counter[str] = Counter()
         self.retries = 0
-        self.rate_limits_in_burst = 0
-
-    def _stamp(self) -> str:
-        return f"[{time.monotonic() - self.started:6.2f}s]"
+        self.pauses: list[tuple[float, float]] = []  # monotonic (start, end) of each cooldown
+        self._paused_at = 0.0
 
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
         if event is ProcessingEvent.ITEM_STARTED:
-            n = self.attempts.get(data["item_id"], 0) + 1
-            self.attempts[data["item_id"]] = n
-            if n > 1:
+            self.attempts[data["item_id"]] += 1
+            attempt = self.attempts[data["item_id"]]
+            if attempt > 1:
                 self.retries += 1
-                if self.retries <= 5 or self.retries % 10 == 0:
-                    print(f"{self._stamp()} retry   {data['item_id']} (attempt {n})")
+                if self.retries <= 6 or self.retries % 5 == 0:
+                    print(f"{stamp()} retry   {data['item_id']} (attempt {attempt})")
         elif event is ProcessingEvent.RATE_LIMIT_HIT:
-            self.rate_limits_in_burst += 1
-            print(f"{self._stamp()} 429     {data['item_id']} on worker {data['worker_id']}")
+            # The strategy's on_error saw this 429 just before: its Retry-After is current.
+            asked = self.strategy.retry_after
+            wait = f" (Retry-After {asked:g}s)" if asked is not None else ""
+            print(f"{stamp()} 429     {data['item_id']} on worker {data['worker_id']}{wait}")
         elif event is ProcessingEvent.COOLDOWN_STARTED:
-            print(
-                f"{self._stamp()} PAUSE   every worker for {data['duration']:.1f}s "
-                f"(consecutive rate limit #{data['consecutive']})"
+            self._paused_at = time.monotonic()
+            duration, configured = data["duration"], self.configured_cooldown
+            why = (
+                f"the server's Retry-After, longer than the configured {configured:g}s"
+                if duration > configured
+                else f"the configured cooldown (consecutive rate limit #{data['consecutive']})"
             )
+            print(f"{stamp()} PAUSE   every worker for {duration:.2f}s: {why}")
         elif event is ProcessingEvent.COOLDOWN_ENDED:
-            print(
-                f"{self._stamp()} RESUME  after {data['duration']:.2f}s; slow start ramps back up"
-            )
+            self.pauses.append((self._paused_at, time.monotonic()))
+            print(f"{stamp()} RESUME  after {data['duration']:.2f}s; slow start ramps back up")
 
 
 def progress(completed: int, total: int, item_id: str) -> None:
@@ -114,48 +199,85 @@ def progress(completed: int, total: int, item_id: str) -> None:
     print(f"           progress {completed:4d}/{total} [{bar:<30}]", flush=True)
 
 
+# ------------------------------------------------------------------------------------ main
+
+
 async def run(items: int) -> None:
-    provider = SimulatedProvider(seed=7, burst_start=items // 3, burst_len=6)
-    strategy = DemoStrategy(provider)
-    metrics = MetricsObserver()
+    provider = FlakyProvider(items)
     config = ProcessorConfig(
         max_workers=8,
-        timeout_per_item=5.0,
+        timeout_per_item=10.0,
         retry=RetryConfig(max_attempts=4, initial_wait=0.05, max_wait=0.5),
         rate_limit=RateLimitConfig(
-            cooldown_seconds=1.0,
+            cooldown_seconds=0.5,
             backoff_multiplier=2.0,
             slow_start_items=16,
-            slow_start_initial_delay=0.05,
+            slow_start_initial_delay=0.2,
             slow_start_final_delay=0.0,
         ),
         progress_interval=max(1, items // 10),
     )
-    print(f"async-batch-llm demo: {items} items, {config.max_workers} workers, no API key needed\n")
-    started = time.perf_counter()
-    async with ParallelBatchProcessor[str, str, None](
-        config=config, observers=[LiveLog(), metrics], progress_callback=progress
-    ) as processor:
-        for i in range(items):
-            context = "shared context" if i % 2 == 0 else "fresh"
-            await processor.add_work(
-                LLMWorkItem(
-                    item_id=f"doc-{i:04d}",
-                    strategy=strategy,
-                    prompt=f"Summarise document {i} with {context} please",
-                )
-            )
-        result = await processor.process_all()
-    wall = time.perf_counter() - started
+    rl = config.rate_limit
+    backoff = NarratedBackoff(
+        initial_cooldown=rl.cooldown_seconds,
+        backoff_multiplier=rl.backoff_multiplier,
+        slow_start_items=rl.slow_start_items,
+        slow_start_initial_delay=rl.slow_start_initial_delay,
+        slow_start_final_delay=rl.slow_start_final_delay,
+    )
+    print(
+        f"async-batch-llm demo: {items} items, {config.max_workers} workers, openai SDK over HTTP "
+        "to a local OpenAI emulator (no API key needed)"
+    )
+    async with OpenAIServer(respond=provider.respond) as server:
+        print(
+            f"emulator: {server.base_url}; about 5% of requests fail with a 5xx, and from request "
+            f"{provider.quota_from} on it is over quota for {RETRY_AFTER:g}s (429 + Retry-After)\n"
+        )
+        # max_retries=0: the SDK must not retry behind the processor's back.
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="demo", max_retries=0)
+        strategy = OpenAIChatStrategy(client)
+        log = LiveLog(strategy, rl.cooldown_seconds)
+        metrics = MetricsObserver()
+        started = time.perf_counter()
+        try:
+            async with ParallelBatchProcessor[str, str, None](
+                config=config,
+                rate_limit_strategy=backoff,
+                observers=[log, metrics],
+                progress_callback=progress,
+            ) as processor:
+                for i in range(items):
+                    await processor.add_work(
+                        LLMWorkItem(
+                            item_id=f"doc-{i:04d}",
+                            strategy=strategy,
+                            prompt=f"Summarise document {i}: quarterly notes from team {i % 17}.",
+                        )
+                    )
+                result = await processor.process_all()
+        finally:
+            await client.close()
+        wall = time.perf_counter() - started
 
+    calls_while_paused = sum(
+        1 for t in strategy.started for start, end in log.pauses if start < t < end
+    )
+    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(server.status_counts.items()))
     print("\nSummary")
     print(f"  succeeded / failed : {result.succeeded} / {result.failed} of {result.total_items}")
-    print(f"  provider calls     : {provider.calls}")
+    print(f"  provider requests  : {server.request_count} seen by the server ({statuses})")
+    print(f"  retries            : {log.retries}")
+    print(
+        f"  cooldowns          : {len(log.pauses)}, "
+        f"{sum(end - start for start, end in log.pauses):.2f}s in total; "
+        f"calls started while paused: {calls_while_paused}"
+    )
     print(f"  input tokens       : {result.total_input_tokens}")
-    print(f"  output tokens      : {result.total_output_tokens}")
     print(f"  cached tokens      : {result.total_cached_tokens}")
     print(f"  cache hit rate     : {result.cache_hit_rate():.1f}%")
     print(f"  effective input    : {result.effective_input_tokens()} tokens")
+    print(f"  output tokens      : {result.total_output_tokens}")
     print(f"  wall time          : {wall:.2f}s")
     print("\nPrometheus export")
     print(await metrics.export_prometheus())
@@ -165,6 +287,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--items", type=int, default=300, help="number of work items")
     args = parser.parse_args()
+    if args.items < 1:
+        parser.error(f"--items must be >= 1, got {args.items}")
     logging.basicConfig(level=logging.WARNING, format="           log: %(message)s")
     asyncio.run(run(args.items))
 
