@@ -12,9 +12,11 @@ import contextlib
 import io
 import json
 import re
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -26,6 +28,7 @@ from async_batch_llm import (
     RetryConfig,
 )
 from async_batch_llm.core import RateLimitConfig
+from async_batch_llm.testing.servers import GeminiServer, OpenAIServer, ProviderServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)```", re.DOTALL)
@@ -215,11 +218,118 @@ def test_partial_recovery_asks_only_for_missing_fields() -> None:
     assert result.results[0].token_usage["input_tokens"] == 20
 
 
-@pytest.mark.skip(reason="needs the local provider servers (issue 3)")
-def test_custom_strategy_snippet() -> None:
-    raise NotImplementedError
+# --------------------------------------------------------------------------- real SDKs
 
 
-@pytest.mark.skip(reason="needs the local provider servers (issue 3)")
-def test_gemini_cached_snippet() -> None:
-    raise NotImplementedError
+async def test_custom_strategy_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with OpenAIServer() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-readme")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)  # AsyncOpenAI() reads both
+        scope, _ = run_snippet("custom-strategy")
+        strategy = scope["strategy"]
+        prompts = [f"summarise document number {i}" for i in range(6)]
+        try:
+            config = ProcessorConfig(max_workers=3, timeout_per_item=10.0)
+            async with ParallelBatchProcessor[str, str, None](config=config) as processor:
+                for prompt in prompts:
+                    await processor.add_work(
+                        LLMWorkItem(item_id=prompt, strategy=strategy, prompt=prompt)
+                    )
+                result = await processor.process_all()
+        finally:
+            await strategy.client.close()
+
+    # The snippet's execute() has no `state` parameter (spec D2); every item still succeeds.
+    assert (result.succeeded, result.failed) == (6, 0)
+    for item in result.results:
+        assert item.output == f"echo: {item.item_id}"
+        # The server counts words: 4 in the prompt, 5 in "echo: <prompt>".
+        assert item.token_usage == {"input_tokens": 4, "output_tokens": 5, "total_tokens": 9}
+    assert (result.total_input_tokens, result.total_output_tokens) == (24, 30)
+    assert server.request_count == 6
+    assert server.counts == {"chat_completions": 6}
+    assert {r.headers["authorization"] for r in server.requests} == {"Bearer sk-readme"}
+    assert {r.model for r in server.requests} == {"gpt-4o-mini"}
+
+
+S = TypeVar("S", bound=ProviderServer)
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def serving_from_a_thread(server: S) -> Iterator[S]:
+    """Run ``server`` on its own event loop in a thread, for snippets that call asyncio.run()."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="provider-server", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=10)
+        try:
+            yield server
+        finally:
+            asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def close_genai_clients_in_asyncio_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Close every ``genai.Client``'s async pool before ``asyncio.run`` closes its loop.
+
+    The snippet never closes its client, and google-genai keeps one connection pool per event
+    loop: once ``asyncio.run`` has closed the loop, the pool's sockets can only be dropped by the
+    garbage collector (a ``ResourceWarning``). The snippet's own code runs unchanged.
+    """
+    from google import genai
+
+    created: list[genai.Client] = []
+
+    class RecordingClient(genai.Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    real_run = asyncio.run
+
+    def run(main: Coroutine[Any, Any, T], **kwargs: Any) -> T:
+        async def main_then_close() -> T:
+            try:
+                return await main
+            finally:
+                for client in created:
+                    await client.aio.aclose()
+
+        return real_run(main_then_close(), **kwargs)
+
+    monkeypatch.setattr(genai, "Client", RecordingClient)
+    monkeypatch.setattr(asyncio, "run", run)
+
+
+def test_gemini_cached_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    close_genai_clients_in_asyncio_run(monkeypatch)
+    with serving_from_a_thread(GeminiServer()) as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)  # genai.Client() reads it
+        scope, printed = run_snippet("gemini-cached")
+        scope["client"].close()
+
+    # Three one-word questions over a three-word cached document: 3 of every 4 input tokens
+    # were cached.
+    assert printed == "Cache hit rate: 75.0%\n"
+    assert server.counts == {
+        "cache_list": 1,
+        "cache_create": 1,  # one cache for the whole batch, shared by the five workers
+        "generate_content": 3,
+        "cache_delete": 1,  # strategy.delete_cache()
+    }
+    created = next(e for e in server.exchanges if e.request.kind == "cache_create")
+    assert created.status == 200
+    used = {r.cached_content for r in server.requests if r.kind == "generate_content"}
+    assert len(used) == 1
+    assert [r.cached_content for r in server.requests if r.kind == "cache_delete"] == list(used)
+    assert server.caches == {}
+    assert {r.model for r in server.requests if r.kind == "generate_content"} == {
+        "gemini-2.0-flash"
+    }

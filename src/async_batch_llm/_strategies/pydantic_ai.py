@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Generic
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Generic, cast
 
 from pydantic import BaseModel
 
@@ -30,6 +33,18 @@ def _int_or_none(value: object) -> int | None:
     return None
 
 
+def _usage_counts(usage: Any) -> TokenUsage:
+    """Input, output and total tokens of one usage object, current or legacy attribute names."""
+    input_tokens = _int_or_none(getattr(usage, "input_tokens", None))
+    if input_tokens is None:
+        input_tokens = _int_or_none(getattr(usage, "request_tokens", None)) or 0
+    output_tokens = _int_or_none(getattr(usage, "output_tokens", None))
+    if output_tokens is None:
+        output_tokens = _int_or_none(getattr(usage, "response_tokens", None)) or 0
+    total = _int_or_none(getattr(usage, "total_tokens", None)) or 0
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": total}
+
+
 def read_usage(result: object) -> TokenUsage:
     """Token usage of an agent run, for both the legacy and the current pydantic-ai shapes.
 
@@ -42,14 +57,48 @@ def read_usage(result: object) -> TokenUsage:
         usage = usage()
     if usage is None:
         return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-    input_tokens = _int_or_none(getattr(usage, "input_tokens", None))
-    if input_tokens is None:
-        input_tokens = _int_or_none(getattr(usage, "request_tokens", None)) or 0
-    output_tokens = _int_or_none(getattr(usage, "output_tokens", None))
-    if output_tokens is None:
-        output_tokens = _int_or_none(getattr(usage, "response_tokens", None)) or 0
-    total = _int_or_none(getattr(usage, "total_tokens", None)) or 0
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": total}
+    return _usage_counts(usage)
+
+
+def usage_of_messages(messages: list[Any]) -> TokenUsage:
+    """Tokens of every model response among a run's messages (what a failed run still cost).
+
+    Args:
+        messages: the messages ``pydantic_ai.capture_run_messages()`` captured; responses are the
+            ones whose ``kind`` is ``"response"``.
+
+    Returns:
+        ``input_tokens``, ``output_tokens`` and ``total_tokens`` summed over the responses.
+    """
+    spent: TokenUsage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for message in messages:
+        if getattr(message, "kind", None) != "response":
+            continue
+        usage = getattr(message, "usage", None)
+        if usage is None:
+            continue
+        counts = _usage_counts(usage)
+        spent["input_tokens"] += counts["input_tokens"]
+        spent["output_tokens"] += counts["output_tokens"]
+        spent["total_tokens"] += counts["total_tokens"]
+    return spent
+
+
+def _run_capture(agent: object) -> Callable[[], AbstractContextManager[list[Any]]] | None:
+    """pydantic-ai's ``capture_run_messages`` when ``agent`` is a pydantic-ai agent, else ``None``.
+
+    A real agent implies that pydantic-ai is loaded, so :data:`sys.modules` answers without
+    importing anything; duck-typed agents (``MockAgent``) get ``None`` and never pay for it.
+    """
+    module = sys.modules.get("pydantic_ai")
+    if module is None:
+        return None
+    agent_module = sys.modules.get("pydantic_ai.agent")
+    agent_type = getattr(agent_module, "AbstractAgent", None) or getattr(module, "Agent", None)
+    capture = getattr(module, "capture_run_messages", None)
+    if isinstance(agent_type, type) and callable(capture) and isinstance(agent, agent_type):
+        return cast("Callable[[], AbstractContextManager[list[Any]]]", capture)
+    return None
 
 
 class PydanticAIStrategy(LLMCallStrategy[TOutput], Generic[TOutput]):
@@ -71,8 +120,24 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput], Generic[TOutput]):
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
     ) -> tuple[TOutput, TokenUsage]:
-        """Run the agent; usage is read before the output so a failing output still reports it."""
-        result = await self.agent.run(prompt)
+        """Run the agent once and return its output and token usage.
+
+        Usage is read before the output, so a failing output still reports it. When a
+        pydantic-ai run itself raises (for example ``UnexpectedModelBehavior`` after the agent's
+        own output retries, or a ``ModelHTTPError`` after some responses), the tokens of every
+        model response of that run are attached to the exception under ``_failed_token_usage``
+        (spec §4.7, D9), unless the exception already carries an attachment.
+        """
+        capture = _run_capture(self.agent)
+        if capture is None:
+            result = await self.agent.run(prompt)
+        else:
+            with capture() as messages:
+                try:
+                    result = await self.agent.run(prompt)
+                except Exception as exc:
+                    _attach_run_usage(exc, usage_of_messages(messages))
+                    raise
         usage = read_usage(result)
         try:
             output: TOutput = result.output
@@ -103,3 +168,14 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput], Generic[TOutput]):
 
     def __repr__(self) -> str:
         return f"PydanticAIStrategy(agent={self.agent!r})"
+
+
+def _attach_run_usage(exc: Exception, usage: TokenUsage) -> None:
+    """Attach what a failed run cost, unless it cost nothing or the exception has an attachment.
+
+    The exception keeps its type (its classification depends on it), so an exception object
+    that cannot take attributes goes without.
+    """
+    attributes: Any = getattr(exc, "__dict__", None)
+    if any(usage.values()) and isinstance(attributes, dict):
+        attributes.setdefault(FAILED_USAGE_ATTR, usage)
