@@ -13,7 +13,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -274,42 +274,9 @@ def serving_from_a_thread(server: S) -> Iterator[S]:
         loop.close()
 
 
-def close_genai_clients_in_asyncio_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Close every ``genai.Client``'s async pool before ``asyncio.run`` closes its loop.
-
-    The snippet never closes its client, and google-genai keeps one connection pool per event
-    loop: once ``asyncio.run`` has closed the loop, the pool's sockets can only be dropped by the
-    garbage collector (a ``ResourceWarning``). The snippet's own code runs unchanged.
-    """
-    from google import genai
-
-    created: list[genai.Client] = []
-
-    class RecordingClient(genai.Client):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            created.append(self)
-
-    real_run = asyncio.run
-
-    def run(main: Coroutine[Any, Any, T], **kwargs: Any) -> T:
-        async def main_then_close() -> T:
-            try:
-                return await main
-            finally:
-                for client in created:
-                    await client.aio.aclose()
-
-        return real_run(main_then_close(), **kwargs)
-
-    monkeypatch.setattr(genai, "Client", RecordingClient)
-    monkeypatch.setattr(asyncio, "run", run)
-
-
 def test_gemini_cached_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_API_KEY", "GEMINI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    close_genai_clients_in_asyncio_run(monkeypatch)
     with serving_from_a_thread(GeminiServer()) as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)  # genai.Client() reads it
         scope, printed = run_snippet("gemini-cached")

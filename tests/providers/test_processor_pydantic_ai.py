@@ -274,6 +274,12 @@ async def test_gemini_cached_content_is_part_of_input_tokens() -> None:
     [item] = result.results
     assert item.output == "echo: hello world"
     # pydantic-ai reports the whole prompt (2 words + 5 cached) as input and the cached part as
-    # cache_read_tokens; PydanticAIStrategy returns the three keys of spec §5.2 only.
-    assert item.token_usage == {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+    # cache_read_tokens, which PydanticAIStrategy passes on as cached_input_tokens.
+    assert item.token_usage == {
+        "input_tokens": 7,
+        "output_tokens": 3,
+        "total_tokens": 10,
+        "cached_input_tokens": 5,
+    }
+    assert result.cache_hit_rate() == 5 / 7 * 100.0
     assert server.counts == {"cache_create": 1, "generate_content": 1}

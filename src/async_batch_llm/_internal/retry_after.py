@@ -73,11 +73,28 @@ def _from_google_details(details: Any) -> float | None:
     return None
 
 
-def retry_after_seconds(exc: BaseException) -> float | None:
-    """The delay in seconds the provider asked for, or ``None`` when it named none."""
-    for candidate in (exc, exc.__cause__):
-        if candidate is None:
+def _chain(exc: BaseException, limit: int = 8) -> list[BaseException]:
+    """The exception and what it was raised from or during, nearest first, without cycles."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending and len(found) < limit:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
             continue
+        found.append(current)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return found
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """The delay in seconds the provider asked for, or ``None`` when it named none.
+
+    The exception's whole chain is searched (``__cause__`` and ``__context__``, nearest first), so
+    a strategy may wrap or re-raise the SDK's error.
+    """
+    for candidate in _chain(exc):
         explicit = getattr(candidate, "retry_after", None)
         if isinstance(explicit, int | float) and not isinstance(explicit, bool) and explicit >= 0:
             return min(float(explicit), _MAX_RETRY_AFTER)

@@ -34,7 +34,12 @@ def _int_or_none(value: object) -> int | None:
 
 
 def _usage_counts(usage: Any) -> TokenUsage:
-    """Input, output and total tokens of one usage object, current or legacy attribute names."""
+    """Input, output and total tokens of one usage object, current or legacy attribute names.
+
+    Cached input tokens (pydantic-ai's ``cache_read_tokens``, already part of ``input_tokens``)
+    are added as ``cached_input_tokens`` when non-zero, so cache hit rates and effective cost are
+    right; the three keys of the published API are always present.
+    """
     input_tokens = _int_or_none(getattr(usage, "input_tokens", None))
     if input_tokens is None:
         input_tokens = _int_or_none(getattr(usage, "request_tokens", None)) or 0
@@ -42,7 +47,15 @@ def _usage_counts(usage: Any) -> TokenUsage:
     if output_tokens is None:
         output_tokens = _int_or_none(getattr(usage, "response_tokens", None)) or 0
     total = _int_or_none(getattr(usage, "total_tokens", None)) or 0
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": total}
+    counts: TokenUsage = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": total,
+    }
+    cached = _int_or_none(getattr(usage, "cache_read_tokens", None))
+    if cached:
+        counts["cached_input_tokens"] = cached
+    return counts
 
 
 def read_usage(result: object) -> TokenUsage:
@@ -81,6 +94,9 @@ def usage_of_messages(messages: list[Any]) -> TokenUsage:
         spent["input_tokens"] += counts["input_tokens"]
         spent["output_tokens"] += counts["output_tokens"]
         spent["total_tokens"] += counts["total_tokens"]
+        cached = counts.get("cached_input_tokens", 0)
+        if cached:
+            spent["cached_input_tokens"] = spent.get("cached_input_tokens", 0) + cached
     return spent
 
 
