@@ -253,7 +253,6 @@ async def test_custom_strategy_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 S = TypeVar("S", bound=ProviderServer)
-T = TypeVar("T")
 
 
 @contextlib.contextmanager
