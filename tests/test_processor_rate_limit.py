@@ -12,8 +12,15 @@ from async_batch_llm import (
     ExponentialBackoffStrategy,
     FixedDelayStrategy,
     GeminiErrorClassifier,
+    LLMCallStrategy,
+    LLMWorkItem,
+    ParallelBatchProcessor,
     ProcessingEvent,
+    ProcessorConfig,
+    RateLimitConfig,
     RateLimitStrategy,
+    RetryConfig,
+    RetryState,
     TokenUsage,
 )
 from async_batch_llm.testing.clock import FakeClock
@@ -430,3 +437,44 @@ async def test_rate_limit_during_a_running_cooldown_joins_it(fake_clock: FakeClo
     assert recorder.of(E.COOLDOWN_STARTED) == [{"worker_id": 0, "duration": 8.0, "consecutive": 1}]
     assert len(recorder.of(E.RATE_LIMIT_HIT)) == 2
     assert starts(strategy) == {"a": [0.0, 10.0], "b": [0.0, 10.0]}
+
+
+async def test_worker_rechecks_the_pause_after_its_slow_start_delay() -> None:
+    """A cooldown that begins while a worker sits out its slow-start delay holds that worker too."""
+    clock = FakeClock()
+    call_times: dict[str, list[float]] = {"a": [], "b": []}
+
+    class Script(LLMCallStrategy[str]):
+        async def execute(
+            self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+        ) -> tuple[str, TokenUsage]:
+            call_times[prompt].append(clock.time())
+            if prompt == "a" and attempt < 3:
+                raise RuntimeError("429 Too Many Requests")
+            return prompt, {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+
+    config = ProcessorConfig(
+        max_workers=2,
+        retry=RetryConfig(max_attempts=3, initial_wait=1.0, jitter=False),
+        rate_limit=RateLimitConfig(
+            cooldown_seconds=10.0,
+            backoff_multiplier=1.0,
+            slow_start_items=10,
+            slow_start_initial_delay=5.0,
+            slow_start_final_delay=5.0,
+        ),
+    )
+    processor = ParallelBatchProcessor[str, str, None](config=config, clock=clock)
+    strategy = Script()
+    for name in ("a", "b"):
+        await processor.add_work(LLMWorkItem(item_id=name, strategy=strategy, prompt=name))
+    batch = asyncio.create_task(processor.process_all())
+    await clock.run_until_idle()
+    result = await batch
+
+    assert result.succeeded == 2
+    # a: 429 at 0 -> cooldown [0, 10] -> backoff 1 s -> 429 at 11 -> cooldown [11, 21] -> +2 s.
+    assert call_times["a"] == [0.0, 11.0, 23.0]
+    # b waited out the first cooldown, then its 5 s slow-start delay (until 15), which ended
+    # inside the second cooldown: it must not call before that cooldown ends at 21.
+    assert call_times["b"] == [21.0]

@@ -131,3 +131,10 @@ async def policies_and_errors(state: RetryState) -> None:
     assert_type(error.item_id, str | None)
     assert_type(state.get("key"), Any)
     assert_type(await MetricsObserver().get_metrics(), dict[str, Any])
+
+
+async def async_with_returns_from_inside(config: ProcessorConfig) -> int:
+    """`async with` never swallows exceptions, so returning from inside it type-checks."""
+    async with ParallelBatchProcessor[str, str, None](config=config) as processor:
+        result = await processor.process_all()
+        return result.total_items

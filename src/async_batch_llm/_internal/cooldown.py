@@ -110,7 +110,13 @@ class CooldownCoordinator:
         """Before a new item: apply the strategy's slow-start delay while the ramp is active."""
         if not self.slow_start_active:
             return
-        apply, delay = self._strategy.should_apply_slow_start(self.items_since_resume)
+        try:
+            apply, delay = self._strategy.should_apply_slow_start(self.items_since_resume)
+        except Exception as exc:
+            # A faulty strategy must not fail the worker (and with it the whole batch): end
+            # slow start, as if the strategy had said so.
+            logger.warning("rate-limit strategy failed in slow start; ending it: %r", exc)
+            apply, delay = False, 0.0
         if not apply:
             self.slow_start_active = False
             self.items_since_resume = 0

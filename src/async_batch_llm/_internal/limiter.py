@@ -23,6 +23,9 @@ class RequestLimiter:
         self.period = float(period)
         self._clock = clock
         self._rate_per_sec = self.max_rate / self.period
+        # The bucket must hold at least one request: with max_rate < 1 (say 0.5 a minute) a
+        # capacity of max_rate would never admit anything; one request per 1/rate s is meant.
+        self._capacity = max(self.max_rate, 1.0)
         self._level = 0.0
         self._last = 0.0
         self._started = False
@@ -38,7 +41,7 @@ class RequestLimiter:
 
     def _has_capacity(self) -> bool:
         self._leak()
-        return self._level + 1 <= self.max_rate
+        return self._level + 1 <= self._capacity
 
     async def acquire(self) -> None:
         """Wait until one more request fits in the bucket, then take it."""
@@ -54,7 +57,7 @@ class RequestLimiter:
                 if self._waiters[0] is ticket and self._has_capacity():
                     break
                 if self._waiters[0] is ticket:
-                    needed = (self._level + 1 - self.max_rate) / self._rate_per_sec
+                    needed = (self._level + 1 - self._capacity) / self._rate_per_sec
                     await self._clock.sleep(needed)
                 else:
                     await asyncio.shield(ticket)

@@ -8,12 +8,19 @@ Design notes, for the hot path:
 - Work is known before ``process_all()`` starts (``add_work`` is refused afterwards), so the queue
   is a plain :class:`collections.deque` that workers pop without awaiting.
 - One long-lived coroutine per worker awaits the strategy directly: no task per item or attempt.
+  In the common case (strategy prepared, no middleware, limiter or dry run) the worker makes
+  attempt 1 itself; anything else goes through ``_process_item`` and ``_attempt``.
+- Each worker bounds its calls (and its observer calls) with one reusable
+  :class:`~async_batch_llm._internal.deadline.TaskDeadline` instead of an ``asyncio.timeout``,
+  and its timer handle, per call.
 - Events are built only when observers are attached; middleware only when configured.
+- docs/benchmarks.md measures all this against plain asyncio and 0.6.0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import random
@@ -23,11 +30,12 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, cast
+from typing import Any, Generic, Literal, Self, cast
 
 from async_batch_llm._internal.backoff import is_validation_like, retry_wait
 from async_batch_llm._internal.clock import Clock, LoopClock
 from async_batch_llm._internal.cooldown import CooldownCoordinator
+from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
 from async_batch_llm._internal.events import OBSERVER_CALLBACK_TIMEOUT, dispatch
 from async_batch_llm._internal.limiter import RequestLimiter
 from async_batch_llm._internal.retry_after import retry_after_seconds
@@ -80,8 +88,12 @@ PROGRESS_TASK_CANCELLATION_TIMEOUT = 2.0
 """Seconds ``cleanup()`` waits for cancelled progress-callback tasks."""
 POST_PROCESSOR_TIMEOUT = 90.0
 """Outer limit in seconds around post-processing."""
+STRATEGY_CLEANUP_TIMEOUT = 30.0
+"""Limit in seconds on each strategy's ``cleanup()``; an overrun is logged and abandoned."""
 _PROGRESS_START_WAIT = 1.0
 """How long ``process_all()`` waits, at most, for scheduled progress callbacks to begin."""
+_PROGRESS_SETTLE_WAIT = 0.02
+"""Seconds a callback running in a thread gets, once begun, to finish before it counts as begun."""
 
 SKIPPED_ERROR = "Skipped by middleware"
 
@@ -138,11 +150,55 @@ def _method_accepts_state(strategy: object, name: str, method: Callable[..., Any
     cached = _STATE_CACHE.get(key)
     if cached is None:
         cached = _STATE_CACHE[key] = _accepts_state(method)
+        if name == "execute":
+            _EXECUTE_TAKES_STATE[type(strategy)] = cached
     return cached
+
+
+_EXECUTE_TAKES_STATE: dict[type, bool] = {}
+"""Class-level answers for ``execute``, read inline once per attempt."""
+
+
+def _require_methods(name: str, value: object, methods: tuple[str, ...]) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` has every method in ``methods``."""
+    missing = [method for method in methods if not callable(getattr(value, method, None))]
+    if missing:
+        wanted = ", ".join(f"{method}()" for method in methods)
+        raise TypeError(
+            f"{name} must be an object with the methods {wanted}; got "
+            f"{type(value).__name__} {value!r:.100}, which lacks {', '.join(missing)}"
+        )
 
 
 def _format_error(exc: BaseException, limit: int) -> str:
     return f"{type(exc).__name__}: {str(exc)[:limit]}"
+
+
+def _strong_ref(obj: object) -> Callable[[], object]:
+    """A callable returning ``obj``: a strong stand-in for ``weakref.ref`` where that fails."""
+    return lambda: obj
+
+
+def _framework_timeout(
+    item_id: str, deadline: TaskDeadline, timeout: float, cancelled: BaseException
+) -> FrameworkTimeoutError:
+    """The error of an attempt its deadline cancelled, chained as under ``asyncio.timeout``.
+
+    ``FrameworkTimeoutError`` from a ``TimeoutError`` from the ``CancelledError``.
+    """
+    timeout_error = TimeoutError()
+    timeout_error.__cause__ = timeout_error.__context__ = cancelled
+    # The limit runs on the event loop's clock, so elapsed is measured on it too (the injected
+    # clock may be virtual).
+    elapsed = asyncio.get_running_loop().time() - (deadline.deadline - timeout)
+    error = FrameworkTimeoutError(
+        f"Framework timeout after {elapsed:.1f}s (limit: {timeout}s)",
+        item_id=item_id,
+        elapsed=elapsed,
+        timeout_limit=timeout,
+    )
+    error.__cause__ = error.__context__ = timeout_error
+    return error
 
 
 def _check_call_result(strategy: object, value: object) -> tuple[Any, Mapping[str, Any]]:
@@ -192,8 +248,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._worker_tasks: set[asyncio.Task[None]] = set()
         self._progress_tasks: set[asyncio.Task[None]] = set()
         self._progress_started: list[asyncio.Future[None]] = []
+        self._progress_async_cache: tuple[ProgressCallbackFunc, bool] | None = None
         self._prepared: weakref.WeakSet[LLMCallStrategy[Any]] = weakref.WeakSet()
         self._prepared_strong: list[LLMCallStrategy[Any]] = []
+        self._prepared_by_id: dict[int, Callable[[], object]] = {}
         self._needs_cleanup: list[weakref.ref[LLMCallStrategy[Any]] | LLMCallStrategy[Any]] = []
         self._prepare_lock = asyncio.Lock()
         self._progress_interval = 10
@@ -261,6 +319,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                     task = group.create_task(self._worker_loop(worker_id))
                     self._worker_tasks.add(task)
                     task.add_done_callback(self._worker_tasks.discard)
+        except BaseException:
+            # Spec D10: a cancelled batch leaves no task of ours running, callbacks included.
+            await self._cancel_progress_tasks()
+            raise
         finally:
             self._queue.clear()
         await self._await_progress_started()
@@ -343,21 +405,40 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
     # ----------------------------------------------------------------------------- progress
 
+    def _progress_is_async(self, callback: ProgressCallbackFunc) -> bool:
+        """Whether the callback runs as a task (else in a thread); decided once per callback."""
+        cached = self._progress_async_cache
+        if cached is not None and cached[0] is callback:
+            return cached[1]
+        is_async = inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            getattr(callback, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        )
+        self._progress_async_cache = (callback, is_async)
+        return is_async
+
     def _schedule_progress(self, completed: int, total: int, item_id: str) -> None:
         callback = self.progress_callback
         assert callback is not None
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
-        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
-            getattr(callback, "__call__", None)  # noqa: B004 - callable objects with async __call__
-        ):
+        if self._progress_is_async(callback):
             started.set_result(None)
             work: Awaitable[Any] = cast(Awaitable[Any], callback(completed, total, item_id))
         else:
 
             def run_in_thread() -> object:
-                loop.call_soon_threadsafe(_set_if_pending, started)
-                return callback(completed, total, item_id)
+                # "Begun" must mean callers can see the callback's first effects, but the
+                # thread keeps running alongside the loop once it signals. So `started`
+                # resolves when the callback returns, or _PROGRESS_SETTLE_WAIT after it began,
+                # whichever is first: quick callbacks are complete, slow ones barely wait.
+                loop.call_soon_threadsafe(
+                    loop.call_later, _PROGRESS_SETTLE_WAIT, _set_if_pending, started
+                )
+                try:
+                    return callback(completed, total, item_id)
+                finally:
+                    with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                        loop.call_soon_threadsafe(_set_if_pending, started)
 
             work = asyncio.to_thread(run_in_thread)
         task = loop.create_task(self._guard_progress(work, item_id))
@@ -394,6 +475,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
     # ----------------------------------------------------------------------------- strategies
 
     def _is_prepared(self, strategy: LLMCallStrategy[Any]) -> bool:
+        # Fast path, once per item: an identity lookup that needs no new weak reference.
+        ref = self._prepared_by_id.get(id(strategy))
+        if ref is not None and ref() is strategy:
+            return True
         try:
             return strategy in self._prepared
         except TypeError:
@@ -411,6 +496,12 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             except TypeError:  # not weak-referenceable: hold it strongly
                 self._prepared_strong.append(strategy)
                 self._needs_cleanup.append(strategy)
+            try:
+                # A dead strategy's id may be reused; the identity check in _is_prepared
+                # then fails, so stale entries are harmless.
+                self._prepared_by_id[id(strategy)] = weakref.ref(strategy)
+            except TypeError:
+                self._prepared_by_id[id(strategy)] = _strong_ref(strategy)
 
     async def _cleanup_strategies(self) -> None:
         """Await ``cleanup()`` once on every strategy prepared since the last call."""
@@ -420,8 +511,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             if strategy is None:
                 continue
             try:
-                await strategy.cleanup()
-            except Exception:
+                async with asyncio.timeout(STRATEGY_CLEANUP_TIMEOUT):
+                    await strategy.cleanup()
+            except Exception:  # TimeoutError included: a hanging cleanup is abandoned
                 base_logger.exception("strategy cleanup failed for %r", strategy)
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -441,6 +533,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         if workers:
             await asyncio.wait(workers, timeout=WORKER_CANCELLATION_TIMEOUT)
         self._queue.clear()
+        await self._cancel_progress_tasks()
+
+    async def _cancel_progress_tasks(self) -> None:
         progress = [t for t in self._progress_tasks if not t.done()]
         for task in progress:
             task.cancel()
@@ -454,10 +549,11 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         finally:
             await self.cleanup()
 
-    async def __aenter__(self) -> BatchProcessor[TInput, TOutput, TContext]:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> bool:
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
+        # Literal[False] tells type checkers that exceptions are never swallowed.
         await self.shutdown()
         return False
 
@@ -564,10 +660,28 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             middlewares if middlewares is not None else []
         )
         self.observers: list[ProcessorObserver] = observers if observers is not None else []
+        # Plug-ins are duck-typed; one lacking a method the processor calls is refused here,
+        # not discovered (and merely logged) in the middle of a batch.
+        _require_methods(
+            "rate_limit_strategy",
+            self.rate_limit_strategy,
+            ("on_rate_limit", "should_apply_slow_start"),
+        )
+        for index, middleware in enumerate(self.middlewares):
+            _require_methods(
+                f"middlewares[{index}]", middleware, ("before_process", "after_process", "on_error")
+            )
+        for index, observer in enumerate(self.observers):
+            _require_methods(f"observers[{index}]", observer, ("on_event",))
+        if clock is not None:
+            _require_methods("clock", clock, ("time", "sleep"))
         self._clock: Clock = clock if clock is not None else LoopClock()
         self._random: Callable[[], float] = random.random
+        self._now: Callable[[], float] = self._clock.time  # refined by _before_batch
         self._cooldown = CooldownCoordinator(self.rate_limit_strategy, self._clock, self._emit)
         self._limiter: RequestLimiter | None = None
+        # One reusable attempt deadline per running worker (cheaper than asyncio.timeout).
+        self._deadlines: dict[int, TaskDeadline] = {}
 
     def __repr__(self) -> str:
         stats = self._stats
@@ -576,9 +690,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             f"processed={stats.processed}/{stats.total} started={self._started}>"
         )
 
-    async def _emit(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+    async def _emit(
+        self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None
+    ) -> None:
+        """Deliver an event; a worker passes its idle deadline to bound observers cheaply."""
         if self.observers:
-            await dispatch(self.observers, event, data, OBSERVER_CALLBACK_TIMEOUT)
+            await dispatch(self.observers, event, data, OBSERVER_CALLBACK_TIMEOUT, deadline)
 
     async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
         await self._emit(event, data)
@@ -591,6 +708,13 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         rpm = config.max_requests_per_minute
         if rpm is not None and self._limiter is None:
             self._limiter = RequestLimiter(rpm, 60.0, self._clock)
+        # Attempt durations read the clock twice per attempt; skip LoopClock's indirection.
+        clock = self._clock
+        self._now = (
+            loop_time_function(asyncio.get_running_loop())
+            if type(clock) is LoopClock
+            else clock.time
+        )
 
     # ----------------------------------------------------------------------------- worker
 
@@ -601,14 +725,104 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         queue = self._queue
         cooldown = self._cooldown
         post = self.post_processor
+        deadline = self._deadline_for(worker_id)
+        config = self.config
+        prepared = self._prepared_by_id
+        now = self._now
         while queue:
             item = queue.popleft()
             if cooldown.paused:
                 await cooldown.wait_resumed()
             if cooldown.slow_start_active:
                 await cooldown.slow_start_delay()
+                # A new cooldown may have begun while this worker sat out its delay.
+                while cooldown.paused:
+                    await cooldown.wait_resumed()
             try:
-                result = await self._process_item(item, worker_id)
+                strategy = item.strategy
+                ref = prepared.get(id(strategy))
+                if (
+                    ref is None
+                    or ref() is not strategy
+                    or self.middlewares
+                    or self._limiter is not None
+                    or config.dry_run
+                ):
+                    result = await self._process_item(item, worker_id)
+                else:
+                    # The common case, awaited right here: the strategy is prepared and only
+                    # observers may run around the call (no middleware, limiter or dry run), so
+                    # attempt 1 is _attempt() without its coroutine (keep the two in step).
+                    # A failure continues in _process_item() as attempt 1's.
+                    observers = self.observers
+                    if observers:
+                        await dispatch(
+                            observers,
+                            ProcessingEvent.ITEM_STARTED,
+                            {"item_id": item.item_id, "worker_id": worker_id},
+                            OBSERVER_CALLBACK_TIMEOUT,
+                            deadline,
+                        )
+                    started = now() if observers else 0.0
+                    state = RetryState()
+                    timeout = config.timeout_per_item
+                    execute = strategy.execute
+                    takes_state = _EXECUTE_TAKES_STATE.get(type(strategy))
+                    if takes_state is None or "execute" in getattr(strategy, "__dict__", ()):
+                        takes_state = _method_accepts_state(strategy, "execute", execute)
+                    error: Exception | None = None
+                    deadline.start(timeout)
+                    try:
+                        if takes_state:
+                            returned = await execute(item.prompt, 1, timeout, state)
+                        else:
+                            returned = await cast(Any, execute)(item.prompt, 1, timeout)
+                    except asyncio.CancelledError as cancelled:
+                        if not deadline.stop():
+                            raise
+                        error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                    except Exception as call_error:
+                        deadline.stop()
+                        error = call_error
+                    except BaseException:
+                        deadline.stop()
+                        raise
+                    else:
+                        deadline.stop()
+                        if (
+                            type(returned) is tuple
+                            and len(returned) == 2
+                            and type(returned[1]) is dict
+                        ):
+                            output, usage = returned
+                        else:
+                            try:
+                                output, usage = cast(
+                                    "tuple[TOutput, TokenUsage]",
+                                    _check_call_result(strategy, returned),
+                                )
+                            except TypeError as shape_error:
+                                error = shape_error
+                    if error is None:
+                        result = WorkItemResult(
+                            item.item_id, True, output, None, item.context, usage
+                        )
+                        if observers:
+                            await dispatch(
+                                observers,
+                                ProcessingEvent.ITEM_COMPLETED,
+                                {
+                                    "item_id": item.item_id,
+                                    "duration": now() - started,
+                                    "tokens": usage.get("total_tokens", 0),
+                                },
+                                OBSERVER_CALLBACK_TIMEOUT,
+                                deadline,
+                            )
+                        if cooldown.consecutive:
+                            cooldown.reset_consecutive()
+                    else:
+                        result = await self._process_item(item, worker_id, (state, error))
             except Exception as exc:  # a bug of ours or a misbehaving hook: fail this item only
                 logger.exception("internal error while processing item %s", item.item_id)
                 result = WorkItemResult(
@@ -621,37 +835,70 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             self._record(result)
             if post is not None:
                 await self._run_post_processor(result)
+        deadline.close()
+        if self._deadlines.get(worker_id) is deadline:
+            del self._deadlines[worker_id]
         if observing:
             await self._emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
+
+    def _deadline_for(self, worker_id: int) -> TaskDeadline:
+        """The attempt deadline of the calling worker task (created on first use)."""
+        deadline = self._deadlines.get(worker_id)
+        task = asyncio.current_task()
+        assert task is not None  # workers and items always run inside a task
+        if deadline is None or deadline.task is not task:
+            if deadline is not None and not deadline.running:
+                deadline.close()  # left over from an earlier run's worker
+            deadline = self._deadlines[worker_id] = TaskDeadline(task, asyncio.get_running_loop())
+        return deadline
 
     # ----------------------------------------------------------------------------- one item
 
     async def _process_item(
-        self, item: LLMWorkItem[TInput, TOutput, TContext], worker_id: int
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        worker_id: int,
+        failed_first: tuple[RetryState, Exception] | None = None,
     ) -> WorkItemResult[TOutput, TContext]:
-        """Prepare the strategy, run attempts until one is final, and account every token."""
-        state = RetryState()
+        """Prepare the strategy, run attempts until one is final, and account every token.
+
+        ``failed_first``: the worker already made attempt 1 itself (see ``_worker_loop``) and it
+        raised; carry on from that failure with the item's ``RetryState``.
+        """
         strategy = item.strategy
-        try:
-            if not self._is_prepared(strategy):
-                await self._ensure_prepared(strategy)
-        except Exception as exc:
-            return await self._fail_item(item, exc, None, worker_id)
+        if failed_first is None:
+            state = RetryState()
+            try:
+                if not self._is_prepared(strategy):
+                    await self._ensure_prepared(strategy)
+            except Exception as exc:
+                return await self._fail_item(item, exc, None, worker_id)
+        else:
+            state = failed_first[0]
 
         max_attempts = self.config.retry.max_attempts
         spent: dict[str, int] | None = None  # tokens of failed attempts so far (spec D9)
         attempt = 0
+        outcome: WorkItemResult[TOutput, TContext] | _Failure | _Final
         while True:
             attempt += 1
-            if attempt > 1 and self._cooldown.paused:
-                await self._cooldown.wait_resumed()
-            outcome = await self._attempt(item, attempt, state, worker_id)
+            if failed_first is not None and attempt == 1:
+                outcome = await self._attempt_failed(
+                    item, strategy, failed_first[1], 1, state, worker_id
+                )
+            else:
+                if attempt > 1 and self._cooldown.paused:
+                    await self._cooldown.wait_resumed()
+                outcome = await self._attempt(item, attempt, state, worker_id)
             if type(outcome) is WorkItemResult:
                 if spent:
                     outcome.token_usage = _merged_usage(spent, outcome.token_usage)
                 return outcome
             if type(outcome) is _Final:
-                return cast(WorkItemResult[TOutput, TContext], outcome.result)
+                final = cast(WorkItemResult[TOutput, TContext], outcome.result)
+                if spent:  # a skipped retry: the attempts that ran still cost tokens (D9)
+                    final.token_usage = _merged_usage(spent, final.token_usage)
+                return final
             failure = cast(_Failure, outcome)
             error = failure.exc
             if spent is None:
@@ -683,6 +930,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if self.middlewares:
             supplied = await self._middleware_on_error(item, exc)
             if supplied is not None:
+                if spent:  # the failed attempts still cost tokens (D9)
+                    supplied.token_usage = _merged_usage(spent, supplied.token_usage)
                 if not supplied.success and self.observers:
                     await self._emit(
                         ProcessingEvent.ITEM_FAILED,
@@ -720,13 +969,21 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         worker_id: int,
     ) -> WorkItemResult[TOutput, TContext] | _Failure | _Final:
         """One call of the strategy: a success result, a final result, or a failure to decide."""
-        observing = bool(self.observers)
-        clock = self._clock
+        observers = self.observers
+        observing = bool(observers)
+        now = self._now
+        deadline = self._deadline_for(worker_id)  # checked against the running task
         if observing:
-            await self._emit(
-                ProcessingEvent.ITEM_STARTED, {"item_id": item.item_id, "worker_id": worker_id}
+            # The two per-attempt events go straight to dispatch (same as _emit, one coroutine
+            # fewer), bounded by this worker's idle deadline instead of a timer per observer.
+            await dispatch(
+                observers,
+                ProcessingEvent.ITEM_STARTED,
+                {"item_id": item.item_id, "worker_id": worker_id},
+                OBSERVER_CALLBACK_TIMEOUT,
+                deadline,
             )
-        started = clock.time()
+        started = now() if observing else 0.0  # only ITEM_COMPLETED reports a duration
         work = item
         if self.middlewares:
             replaced = await self._middleware_before(item)
@@ -751,45 +1008,60 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             else:
                 timeout = config.timeout_per_item
                 execute = strategy.execute
+                # Same semantics as `async with asyncio.timeout(timeout)`, without a timer per
+                # attempt: cancel execute() at the deadline, turn that into TimeoutError.
+                takes_state = _EXECUTE_TAKES_STATE.get(type(strategy))
+                if takes_state is None or "execute" in getattr(strategy, "__dict__", ()):
+                    takes_state = _method_accepts_state(strategy, "execute", execute)
+                deadline.start(timeout)
                 try:
-                    async with asyncio.timeout(timeout) as scope:
-                        if _method_accepts_state(strategy, "execute", execute):
-                            returned = await execute(work.prompt, attempt, timeout, state)
-                        else:
-                            returned = await cast(Any, execute)(work.prompt, attempt, timeout)
-                except TimeoutError as timeout_error:
-                    if not scope.expired():
+                    if takes_state:
+                        returned = await execute(work.prompt, attempt, timeout, state)
+                    else:
+                        returned = await cast(Any, execute)(work.prompt, attempt, timeout)
+                except asyncio.CancelledError as cancelled:
+                    if not deadline.stop():
                         raise
-                    elapsed = clock.time() - started
-                    raise FrameworkTimeoutError(
-                        f"Framework timeout after {elapsed:.1f}s (limit: {timeout}s)",
-                        item_id=item.item_id,
-                        elapsed=elapsed,
-                        timeout_limit=timeout,
-                    ) from timeout_error
-                output, usage = _check_call_result(strategy, returned)
+                    error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                    raise error from error.__cause__
+                except BaseException:
+                    deadline.stop()
+                    raise
+                deadline.stop()
+                if type(returned) is tuple and len(returned) == 2 and type(returned[1]) is dict:
+                    output, usage = returned  # the common shape, checked inline
+                else:
+                    output, usage = _check_call_result(strategy, returned)
         except Exception as exc:
             return await self._attempt_failed(item, strategy, exc, attempt, state, worker_id)
 
+        # Positional: half the cost of keywords on the hot path. Field order is
+        # (item_id, success, output, error, context, token_usage, gemini_safety_ratings).
         result: WorkItemResult[TOutput, TContext] = WorkItemResult(
-            item_id=item.item_id,
-            success=True,
-            output=output,
-            context=item.context,
-            token_usage=cast(TokenUsage, usage),
+            item.item_id,
+            True,
+            output,
+            None,
+            item.context,
+            usage,  # type: ignore[arg-type]  # the strategy's mapping, shape checked above
         )
         if self.middlewares:
             result = await self._middleware_after(result)
         if observing:
-            await self._emit(
+            await dispatch(
+                observers,
                 ProcessingEvent.ITEM_COMPLETED,
                 {
                     "item_id": item.item_id,
-                    "duration": clock.time() - started,
+                    "duration": now() - started,
                     "tokens": usage.get("total_tokens", 0),
                 },
+                OBSERVER_CALLBACK_TIMEOUT,
+                deadline,
             )
-        self._cooldown.reset_consecutive()
+        cooldown = self._cooldown
+        if cooldown.consecutive:
+            cooldown.reset_consecutive()
         return result
 
     async def _attempt_failed(
@@ -804,11 +1076,13 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         """Tell the strategy, classify, join the cooldown on a rate limit; decide the outcome."""
         on_error = strategy.on_error
         try:
-            if _method_accepts_state(strategy, "on_error", on_error):
-                await on_error(exc, attempt, state)
-            else:
-                await cast(Any, on_error)(exc, attempt)
-        except Exception:
+            # Bounded like the call itself: a hanging on_error must not hang the item.
+            async with asyncio.timeout(self.config.timeout_per_item):
+                if _method_accepts_state(strategy, "on_error", on_error):
+                    await on_error(exc, attempt, state)
+                else:
+                    await cast(Any, on_error)(exc, attempt)
+        except Exception:  # TimeoutError included
             logger.exception("strategy on_error failed for item %s", item.item_id)
         info = self.error_classifier.classify(exc)
         if info.is_rate_limit:
@@ -854,8 +1128,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
     ) -> WorkItemResult[TOutput, TContext] | None:
         for middleware in self.middlewares:
             try:
-                supplied = await middleware.on_error(item, exc)
-            except Exception:
+                # Bounded like a call: a hanging hook must not hang the item.
+                async with asyncio.timeout(self.config.timeout_per_item):
+                    supplied = await middleware.on_error(item, exc)
+            except Exception:  # TimeoutError included
                 logger.exception("middleware %r on_error failed", middleware)
                 continue
             if supplied is not None:

@@ -101,27 +101,28 @@ class MetricsObserver(BaseObserver):
             event: the lifecycle event.
             data: its payload; ``duration`` (seconds) and ``error_type`` are read when present.
         """
-        async with self._lock:
-            m = self.metrics
-            if event is ProcessingEvent.ITEM_COMPLETED:
-                m["items_processed"] += 1
-                m["items_succeeded"] += 1
-                if "duration" in data:
-                    duration = data["duration"]
-                    m["processing_times_sum"] += duration
-                    m["processing_times_count"] += 1
-                    self._samples.append(duration)
-            elif event is ProcessingEvent.ITEM_FAILED:
-                m["items_processed"] += 1
-                m["items_failed"] += 1
-                if "error_type" in data:
-                    error_counts: dict[str, int] = m["error_counts"]
-                    error_type = data["error_type"]
-                    error_counts[error_type] = error_counts.get(error_type, 0) + 1
-            elif event is ProcessingEvent.RATE_LIMIT_HIT:
-                m["rate_limits_hit"] += 1
-            elif event is ProcessingEvent.COOLDOWN_ENDED and "duration" in data:
-                m["total_cooldown_time"] += data["duration"]
+        # No lock: the update never awaits, so it cannot interleave with another event's update
+        # or with get_metrics() on the event loop. It runs for every event of every item.
+        m = self.metrics
+        if event is ProcessingEvent.ITEM_COMPLETED:
+            m["items_processed"] += 1
+            m["items_succeeded"] += 1
+            if "duration" in data:
+                duration = data["duration"]
+                m["processing_times_sum"] += duration
+                m["processing_times_count"] += 1
+                self._samples.append(duration)
+        elif event is ProcessingEvent.ITEM_FAILED:
+            m["items_processed"] += 1
+            m["items_failed"] += 1
+            if "error_type" in data:
+                error_counts: dict[str, int] = m["error_counts"]
+                error_type = data["error_type"]
+                error_counts[error_type] = error_counts.get(error_type, 0) + 1
+        elif event is ProcessingEvent.RATE_LIMIT_HIT:
+            m["rate_limits_hit"] += 1
+        elif event is ProcessingEvent.COOLDOWN_ENDED and "duration" in data:
+            m["total_cooldown_time"] += data["duration"]
 
     async def get_metrics(self) -> dict[str, Any]:
         """Return a snapshot of the counters with derived values.
