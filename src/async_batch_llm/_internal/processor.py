@@ -201,6 +201,24 @@ def _framework_timeout(
     return error
 
 
+class StrayCancellationError(RuntimeError):
+    """A strategy raised ``CancelledError`` while nothing was cancelling the batch.
+
+    That happens when a strategy awaits a task or future that something else cancelled. It fails
+    the attempt like any other error (and is retried as the classifier decides) instead of
+    silently killing the worker and losing the item's result.
+    """
+
+
+def _stray_cancellation(item_id: str, cancelled: BaseException) -> StrayCancellationError:
+    error = StrayCancellationError(
+        f"the strategy raised CancelledError for item {item_id!r} although neither the batch "
+        f"nor the attempt's timeout cancelled it: {cancelled!r}"
+    )
+    error.__cause__ = cancelled
+    return error
+
+
 def _check_call_result(strategy: object, value: object) -> tuple[Any, Mapping[str, Any]]:
     """Reject an ``execute``/``dry_run`` return value that is not ``(output, usage mapping)``."""
     if type(value) is tuple and len(value) == 2:
@@ -778,9 +796,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                         else:
                             returned = await cast(Any, execute)(item.prompt, 1, timeout)
                     except asyncio.CancelledError as cancelled:
-                        if not deadline.stop():
+                        if deadline.stop():
+                            error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                        elif deadline.task.cancelling():
                             raise
-                        error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                        else:
+                            error = _stray_cancellation(item.item_id, cancelled)
                     except Exception as call_error:
                         deadline.stop()
                         error = call_error
@@ -1020,10 +1041,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     else:
                         returned = await cast(Any, execute)(work.prompt, attempt, timeout)
                 except asyncio.CancelledError as cancelled:
-                    if not deadline.stop():
+                    if deadline.stop():
+                        error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                        raise error from error.__cause__
+                    if deadline.task.cancelling():
                         raise
-                    error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
-                    raise error from error.__cause__
+                    raise _stray_cancellation(item.item_id, cancelled) from cancelled
                 except BaseException:
                     deadline.stop()
                     raise
