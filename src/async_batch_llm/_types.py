@@ -135,12 +135,16 @@ class LLMWorkItem(Generic[TInput, TOutput, TContext]):
         item_id: object = self.item_id
         if not isinstance(item_id, str) or not item_id:
             raise ValueError(
-                "item_id must be a non-empty string, "
-                f"got {type(item_id).__name__} {item_id!r}"
+                f"item_id must be a non-empty string, got {type(item_id).__name__} {item_id!r}"
             )
         if not item_id.strip():
             raise ValueError(f"item_id cannot be whitespace only, got {item_id!r}")
         strategy: object = self.strategy
+        if isinstance(strategy, type):
+            raise TypeError(
+                f"strategy of item {item_id!r} must be an LLMCallStrategy instance, got the class "
+                f"{strategy.__name__} itself (did you mean {strategy.__name__}(...)?)"
+            )
         if not callable(getattr(strategy, "execute", None)):
             raise TypeError(
                 f"strategy of item {item_id!r} must be an LLMCallStrategy (an object with an async "
@@ -150,8 +154,7 @@ class LLMWorkItem(Generic[TInput, TOutput, TContext]):
         prompt: object = self.prompt
         if prompt is None:
             raise TypeError(
-                f"prompt of item {item_id!r} must be a str (use \"\" for an empty prompt), "
-                "got None"
+                f'prompt of item {item_id!r} must be a str (use "" for an empty prompt), got None'
             )
 
 

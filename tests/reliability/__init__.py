@@ -1,0 +1,1 @@
+"""Reliability suite: nothing lost, nothing hung, nothing leaked (see docs/guarantees.md)."""
