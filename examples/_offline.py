@@ -13,7 +13,8 @@ Every example opens one of :func:`openai_backend`, :func:`anthropic_backend` or
   the same client code as with the real API. ``backend.server`` is that server: examples script
   faults on it (a 429 with ``Retry-After``, malformed output) to show what the processor does.
 
-Each backend prints one line saying which mode runs. The options (``respond``, ``fault_fn``,
+Each backend prints one line saying which mode runs, and :meth:`Backend.print_server_stats`
+one line on what the emulator saw (offline only). The options (``respond``, ``fault_fn``,
 ``latency``, ...) configure the local server and are ignored otherwise.
 """
 
@@ -67,6 +68,12 @@ class Backend(Generic[ServerT]):
     def offline(self) -> bool:
         """True when requests go to the local emulator."""
         return self.server is not None
+
+    def print_server_stats(self) -> None:
+        """Offline only: print how many requests the emulator saw, and its HTTP statuses."""
+        if self.server is not None:
+            statuses = dict(sorted(self.server.status_counts.items()))
+            print(f"server saw {self.server.request_count} requests, statuses {statuses}")
 
 
 def _first_set(names: tuple[str, ...]) -> str | None:

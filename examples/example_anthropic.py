@@ -171,9 +171,7 @@ async def main() -> None:
             f"tokens: {result.total_input_tokens} input ({result.total_cached_tokens} cached), "
             f"{result.total_output_tokens} output"
         )
-        if backend.server is not None:
-            statuses = dict(sorted(backend.server.status_counts.items()))
-            print(f"server saw {backend.server.request_count} requests, statuses {statuses}")
+        backend.print_server_stats()
 
 
 if __name__ == "__main__":

@@ -195,9 +195,7 @@ async def main() -> None:
             f"tokens: {translations.total_input_tokens + answers.total_input_tokens} input, "
             f"{translations.total_output_tokens + answers.total_output_tokens} output"
         )
-        if backend.server is not None:
-            statuses = dict(sorted(backend.server.status_counts.items()))
-            print(f"server saw {backend.server.request_count} requests, statuses {statuses}")
+        backend.print_server_stats()
 
 
 if __name__ == "__main__":

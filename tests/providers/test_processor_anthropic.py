@@ -9,7 +9,7 @@ part read from the cache. Clients use ``max_retries=0``: one HTTP request per at
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -17,18 +17,12 @@ import httpx2
 import pytest
 
 from async_batch_llm import (
-    BatchResult,
     LLMCallStrategy,
-    LLMWorkItem,
-    ParallelBatchProcessor,
-    ProcessorConfig,
-    RateLimitConfig,
-    RetryConfig,
     RetryState,
     TokenUsage,
 )
 from async_batch_llm.classifiers import AnthropicErrorClassifier, GeminiErrorClassifier
-from async_batch_llm.strategies import DefaultErrorClassifier, ErrorClassifier, ErrorInfo
+from async_batch_llm.strategies import DefaultErrorClassifier, ErrorInfo
 from async_batch_llm.strategies.errors import DEFAULT_RATE_LIMIT_WAIT, FrameworkTimeoutError
 from async_batch_llm.testing.servers import (
     AnthropicServer,
@@ -39,6 +33,8 @@ from async_batch_llm.testing.servers import (
     RateLimited,
     ServerError,
 )
+
+from ._support import UNKNOWN, info, run
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -81,38 +77,6 @@ class MessagesStrategy(LLMCallStrategy[str]):
         return text, tokens
 
 
-def config(workers: int = 1, attempts: int = 3) -> ProcessorConfig:
-    return ProcessorConfig(
-        max_workers=workers,
-        timeout_per_item=10.0,
-        retry=RetryConfig(max_attempts=attempts, initial_wait=0.01, max_wait=0.01, jitter=False),
-        rate_limit=RateLimitConfig(
-            cooldown_seconds=0.0,
-            slow_start_items=0,
-            slow_start_initial_delay=0.0,
-            slow_start_final_delay=0.0,
-        ),
-    )
-
-
-async def run(
-    strategy: LLMCallStrategy[str],
-    prompts: Sequence[str],
-    *,
-    workers: int = 1,
-    classifier: ErrorClassifier | None = ANTHROPIC,
-) -> BatchResult[str, None]:
-    processor = ParallelBatchProcessor[str, str, None](
-        config=config(workers), error_classifier=classifier
-    )
-    try:
-        for prompt in prompts:
-            await processor.add_work(LLMWorkItem(item_id=prompt, strategy=strategy, prompt=prompt))
-        return await processor.process_all()
-    finally:
-        await processor.shutdown()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[AnthropicServer]:
     async with AnthropicServer() as running:
@@ -135,7 +99,7 @@ async def test_batch_outputs_tokens_and_request_counts(
     prompts = [f"question number {i}" for i in range(12)]
     server.latency = 0.02  # long enough for the four workers to overlap
 
-    result = await run(MessagesStrategy(client), prompts, workers=4)
+    result = await run(MessagesStrategy(client), prompts, workers=4, classifier=ANTHROPIC)
 
     assert (result.succeeded, result.failed) == (12, 0)
     for item in result.results:
@@ -153,7 +117,8 @@ async def test_prompt_cache_reads_and_writes_reach_the_batch_totals(
 ) -> None:
     strategy = MessagesStrategy(client, system="word " * 1100)
 
-    result = await run(strategy, ["one", "two", "three"])  # one worker: in order
+    # one worker: in order
+    result = await run(strategy, ["one", "two", "three"], classifier=ANTHROPIC)
 
     # 1100 cached system words + 1 question word; the first call writes the cache.
     assert [r.token_usage for r in result.results] == [
@@ -193,7 +158,7 @@ async def test_overload_and_transient_errors_are_retried(
         ServerError(500),
     )
     try:
-        result = await run(MessagesStrategy(client), ["a b", "c d", "e f"])
+        result = await run(MessagesStrategy(client), ["a b", "c d", "e f"], classifier=ANTHROPIC)
     finally:
         await client.close()
 
@@ -227,7 +192,7 @@ async def test_client_errors_fail_at_once(
 ) -> None:
     server.script(*[ErrorResponse(status)] * 3)
 
-    result = await run(MessagesStrategy(client), ["bad request"])
+    result = await run(MessagesStrategy(client), ["bad request"], classifier=ANTHROPIC)
 
     [failed] = result.results
     assert failed.success is False
@@ -251,18 +216,6 @@ async def test_default_classifier_retries_a_bad_request(
 # --------------------------------------------------------------------------- classification
 
 
-def info(
-    category: str,
-    retryable: bool,
-    *,
-    timeout: bool = False,
-    rate_limit: bool = False,
-    wait: float | None = None,
-) -> ErrorInfo:
-    return ErrorInfo(retryable, rate_limit, timeout, category, wait)
-
-
-UNKNOWN = info("unknown", True)
 API_TIMEOUT = info("api_timeout", True, timeout=True)
 
 # fault → (AnthropicErrorClassifier, DefaultErrorClassifier, GeminiErrorClassifier). The last

@@ -10,8 +10,7 @@ does not retry on its own, so every request is one processor attempt.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -20,20 +19,13 @@ from google.genai import errors, types
 from pydantic import BaseModel
 
 from async_batch_llm import (
-    BatchResult,
     GeminiCachedStrategy,
     GeminiStrategy,
-    LLMCallStrategy,
     LLMResponse,
-    LLMWorkItem,
-    ParallelBatchProcessor,
-    ProcessorConfig,
-    RateLimitConfig,
-    RetryConfig,
 )
 from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.models import GeminiModel
-from async_batch_llm.strategies import DefaultErrorClassifier, ErrorClassifier, ErrorInfo
+from async_batch_llm.strategies import DefaultErrorClassifier, ErrorInfo
 from async_batch_llm.strategies.errors import DEFAULT_RATE_LIMIT_WAIT
 from async_batch_llm.testing.servers import (
     Disconnect,
@@ -47,6 +39,8 @@ from async_batch_llm.testing.servers import (
     Reply,
     ServerError,
 )
+
+from ._support import UNKNOWN, info, run
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -65,38 +59,6 @@ def text(response: LLMResponse) -> str:
 
 def city(response: LLMResponse) -> City:
     return City.model_validate_json(response.text)
-
-
-def config(workers: int = 1, attempts: int = 3) -> ProcessorConfig:
-    return ProcessorConfig(
-        max_workers=workers,
-        timeout_per_item=10.0,
-        retry=RetryConfig(max_attempts=attempts, initial_wait=0.01, max_wait=0.01, jitter=False),
-        rate_limit=RateLimitConfig(
-            cooldown_seconds=0.0,
-            slow_start_items=0,
-            slow_start_initial_delay=0.0,
-            slow_start_final_delay=0.0,
-        ),
-    )
-
-
-async def run(
-    strategy: LLMCallStrategy[Any],
-    prompts: Sequence[str],
-    *,
-    workers: int = 1,
-    classifier: ErrorClassifier | None = None,
-) -> BatchResult[Any, None]:
-    processor = ParallelBatchProcessor[str, Any, None](
-        config=config(workers), error_classifier=classifier
-    )
-    try:
-        for prompt in prompts:
-            await processor.add_work(LLMWorkItem(item_id=prompt, strategy=strategy, prompt=prompt))
-        return await processor.process_all()
-    finally:
-        await processor.shutdown()
 
 
 @pytest.fixture
@@ -234,19 +196,6 @@ async def test_cached_strategy_one_cache_for_the_batch(
 
 # --------------------------------------------------------------------------- classification
 
-
-def info(
-    category: str,
-    retryable: bool,
-    *,
-    timeout: bool = False,
-    rate_limit: bool = False,
-    wait: float | None = None,
-) -> ErrorInfo:
-    return ErrorInfo(retryable, rate_limit, timeout, category, wait)
-
-
-UNKNOWN = info("unknown", True)
 
 # fault → (GeminiErrorClassifier, DefaultErrorClassifier) for the errors google-genai raises.
 # Documentation of spec §7.3/§7.4 against today's SDK; neither classifier is changed here.

@@ -13,7 +13,7 @@ returns the raw message (and its usage) alongside the parsing error.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -25,13 +25,7 @@ from langchain_openai.chat_models import base
 from pydantic import BaseModel, SecretStr
 
 from async_batch_llm import (
-    BatchResult,
     LLMCallStrategy,
-    LLMWorkItem,
-    ParallelBatchProcessor,
-    ProcessorConfig,
-    RateLimitConfig,
-    RetryConfig,
     RetryState,
     TokenUsage,
 )
@@ -46,9 +40,12 @@ from async_batch_llm.testing.servers import (
     ToolCall,
 )
 
+from ._support import run
+
 pytestmark = pytest.mark.timeout(15)
 
 GPT = "gpt-4o-mini"
+OPENAI = OpenAIErrorClassifier()
 
 
 class City(BaseModel):
@@ -114,34 +111,6 @@ class CityStrategy(LLMCallStrategy[City]):
         return result["parsed"], tokens
 
 
-def config(workers: int = 1) -> ProcessorConfig:
-    return ProcessorConfig(
-        max_workers=workers,
-        timeout_per_item=10.0,
-        retry=RetryConfig(max_attempts=3, initial_wait=0.01, max_wait=0.01, jitter=False),
-        rate_limit=RateLimitConfig(
-            cooldown_seconds=0.0,
-            slow_start_items=0,
-            slow_start_initial_delay=0.0,
-            slow_start_final_delay=0.0,
-        ),
-    )
-
-
-async def run(
-    strategy: LLMCallStrategy[Any], prompts: Sequence[str], *, workers: int = 1
-) -> BatchResult[Any, None]:
-    processor = ParallelBatchProcessor[str, Any, None](
-        config=config(workers), error_classifier=OpenAIErrorClassifier()
-    )
-    try:
-        for prompt in prompts:
-            await processor.add_work(LLMWorkItem(item_id=prompt, strategy=strategy, prompt=prompt))
-        return await processor.process_all()
-    finally:
-        await processor.shutdown()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[OpenAIServer]:
     async with OpenAIServer() as running:
@@ -161,7 +130,7 @@ async def test_batch_outputs_tokens_and_request_counts(
     prompts = [f"question number {i}" for i in range(12)]
     server.latency = 0.02  # long enough for the four workers to overlap
 
-    result = await run(ChatStrategy(llm), prompts, workers=4)
+    result = await run(ChatStrategy(llm), prompts, workers=4, classifier=OPENAI)
 
     assert (result.succeeded, result.failed) == (12, 0)
     for item in result.results:
@@ -175,7 +144,9 @@ async def test_batch_outputs_tokens_and_request_counts(
 async def test_cached_prompt_tokens_reach_the_batch_totals(
     server: OpenAIServer, llm: ChatOpenAI
 ) -> None:
-    result = await run(ChatStrategy(llm, system="word " * 1300), ["q0", "q1", "q2"])
+    strategy = ChatStrategy(llm, system="word " * 1300)
+
+    result = await run(strategy, ["q0", "q1", "q2"], classifier=OPENAI)
 
     assert [r.token_usage.get("cached_input_tokens", 0) for r in result.results] == [
         0,
@@ -203,7 +174,7 @@ async def test_invalid_structured_output_is_retried_and_every_attempt_counted(
 
     server.respond = respond
 
-    result = await run(CityStrategy(llm), ["Oslo"])
+    result = await run(CityStrategy(llm), ["Oslo"], classifier=OPENAI)
 
     [item] = result.results
     assert item.output == City(name="Oslo", population=709_000)
@@ -220,7 +191,7 @@ async def test_transient_errors_are_retried_with_the_openai_classifier(
     )
     server.script(ServerError(503), Hang())
     try:
-        result = await run(ChatStrategy(chat), ["one two"])
+        result = await run(ChatStrategy(chat), ["one two"], classifier=OPENAI)
     finally:
         await chat.root_async_client.close()
 
@@ -234,7 +205,7 @@ async def test_transient_errors_are_retried_with_the_openai_classifier(
 async def test_client_error_is_not_retried(server: OpenAIServer, llm: ChatOpenAI) -> None:
     server.script(*[ErrorResponse(400)] * 3)
 
-    result = await run(ChatStrategy(llm), ["x"])
+    result = await run(ChatStrategy(llm), ["x"], classifier=OPENAI)
 
     [item] = result.results
     assert item.success is False

@@ -10,7 +10,7 @@ the processor and request counts are exact.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -26,16 +26,11 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from async_batch_llm import (
     BatchResult,
     LLMCallStrategy,
-    LLMWorkItem,
-    ParallelBatchProcessor,
-    ProcessorConfig,
-    RateLimitConfig,
-    RetryConfig,
     RetryState,
     TokenUsage,
 )
 from async_batch_llm.classifiers import GeminiErrorClassifier, OpenAIErrorClassifier
-from async_batch_llm.strategies import DefaultErrorClassifier, ErrorClassifier, ErrorInfo
+from async_batch_llm.strategies import DefaultErrorClassifier, ErrorInfo
 from async_batch_llm.strategies.errors import DEFAULT_RATE_LIMIT_WAIT, FrameworkTimeoutError
 from async_batch_llm.testing.servers import (
     Disconnect,
@@ -49,6 +44,8 @@ from async_batch_llm.testing.servers import (
     Reply,
     ServerError,
 )
+
+from ._support import UNKNOWN, info, run
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -114,39 +111,6 @@ def usage_of(usage: Any) -> TokenUsage:
     if details is not None and details.cached_tokens:
         tokens["cached_input_tokens"] = details.cached_tokens
     return tokens
-
-
-def config(workers: int = 1, attempts: int = 3) -> ProcessorConfig:
-    return ProcessorConfig(
-        max_workers=workers,
-        timeout_per_item=10.0,
-        retry=RetryConfig(max_attempts=attempts, initial_wait=0.01, max_wait=0.01, jitter=False),
-        rate_limit=RateLimitConfig(
-            cooldown_seconds=0.0,
-            slow_start_items=0,
-            slow_start_initial_delay=0.0,
-            slow_start_final_delay=0.0,
-        ),
-    )
-
-
-async def run(
-    strategy: LLMCallStrategy[Any],
-    prompts: Sequence[str],
-    *,
-    workers: int = 1,
-    attempts: int = 3,
-    classifier: ErrorClassifier | None = None,
-) -> BatchResult[Any, None]:
-    processor = ParallelBatchProcessor[str, Any, None](
-        config=config(workers, attempts), error_classifier=classifier
-    )
-    try:
-        for prompt in prompts:
-            await processor.add_work(LLMWorkItem(item_id=prompt, strategy=strategy, prompt=prompt))
-        return await processor.process_all()
-    finally:
-        await processor.shutdown()
 
 
 def by_id(result: BatchResult[Any, None]) -> dict[str, Any]:
@@ -333,19 +297,7 @@ async def test_exhausted_item_reports_what_every_attempt_cost(
 # --------------------------------------------------------------------------- classification
 
 
-def info(
-    category: str,
-    retryable: bool,
-    *,
-    timeout: bool = False,
-    rate_limit: bool = False,
-    wait: float | None = None,
-) -> ErrorInfo:
-    return ErrorInfo(retryable, rate_limit, timeout, category, wait)
-
-
 RATE_LIMIT = info("rate_limit", True, rate_limit=True, wait=2.0)
-UNKNOWN = info("unknown", True)
 
 # fault → (OpenAIErrorClassifier, DefaultErrorClassifier, GeminiErrorClassifier). The last two
 # columns document what the provider-neutral rules (spec §7.3, §7.4) make of real openai errors.

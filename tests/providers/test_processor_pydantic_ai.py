@@ -32,12 +32,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 
 from async_batch_llm import (
     BatchResult,
-    LLMWorkItem,
-    ParallelBatchProcessor,
-    ProcessorConfig,
     PydanticAIStrategy,
-    RateLimitConfig,
-    RetryConfig,
     TokenUsage,
 )
 from async_batch_llm.testing.servers import (
@@ -50,6 +45,8 @@ from async_batch_llm.testing.servers import (
     ServerError,
     ToolCall,
 )
+
+from ._support import run as run_batch
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -106,31 +103,12 @@ class Backend:
     model: Model
 
 
-def config(workers: int = 1, attempts: int = 3) -> ProcessorConfig:
-    return ProcessorConfig(
-        max_workers=workers,
-        timeout_per_item=10.0,
-        retry=RetryConfig(max_attempts=attempts, initial_wait=0.01, max_wait=0.01, jitter=False),
-        rate_limit=RateLimitConfig(
-            cooldown_seconds=0.0,
-            slow_start_items=0,
-            slow_start_initial_delay=0.0,
-            slow_start_final_delay=0.0,
-        ),
-    )
-
-
 async def run(
     agent: Agent[None, Any], prompts: list[str], *, workers: int = 1, attempts: int = 3
 ) -> BatchResult[Any, None]:
-    strategy = PydanticAIStrategy[Any](agent)
-    processor = ParallelBatchProcessor[str, Any, None](config=config(workers, attempts))
-    try:
-        for prompt in prompts:
-            await processor.add_work(LLMWorkItem(item_id=prompt, strategy=strategy, prompt=prompt))
-        return await processor.process_all()
-    finally:
-        await processor.shutdown()
+    return await run_batch(
+        PydanticAIStrategy[Any](agent), prompts, workers=workers, attempts=attempts
+    )
 
 
 @asynccontextmanager

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from async_batch_llm.classifiers.openai import (
+from async_batch_llm.classifiers._http import (
+    SDKErrorClassifier,
+    client_class_info,
     info,
-    is_instance,
-    is_unexpected_model_behavior,
     rate_limit_info,
-    sdk_error,
     status_info,
 )
-from async_batch_llm.strategies.errors import (
-    DefaultErrorClassifier,
-    ErrorClassifier,
-    ErrorInfo,
-    FrameworkTimeoutError,
-)
+from async_batch_llm.strategies.errors import ErrorInfo
 
 __all__ = ["AnthropicErrorClassifier"]
 
@@ -44,7 +36,7 @@ _CLIENT_ERROR_TYPES = frozenset(
 )
 
 
-class AnthropicErrorClassifier(ErrorClassifier):
+class AnthropicErrorClassifier(SDKErrorClassifier):
     """Classification rules for the Anthropic API (``anthropic`` SDK errors), first match wins.
 
     1. :class:`~async_batch_llm.strategies.errors.FrameworkTimeoutError` → retryable
@@ -71,44 +63,16 @@ class AnthropicErrorClassifier(ErrorClassifier):
     4. Anything else: :class:`~async_batch_llm.strategies.errors.DefaultErrorClassifier`.
     """
 
-    def __init__(self) -> None:
-        self._fallback = DefaultErrorClassifier()
+    _sdk_module = "anthropic"
 
-    def classify(self, exception: Exception) -> ErrorInfo:
-        """Classify ``exception`` by the rules in the class docstring.
-
-        Args:
-            exception: the exception an attempt raised.
-
-        Returns:
-            A new :class:`~async_batch_llm.strategies.errors.ErrorInfo`.
-        """
-        if isinstance(exception, FrameworkTimeoutError):
-            return info("framework_timeout", retryable=True, timeout=True)
-        error = sdk_error(exception, "anthropic")
-        if error is not None:
-            found = _classify_anthropic(error)
-            if found is not None:
-                return found
-        if isinstance(exception, ValidationError) or is_unexpected_model_behavior(exception):
-            return info("validation_error", retryable=True)
-        return self._fallback.classify(exception)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-def _classify_anthropic(error: BaseException) -> ErrorInfo | None:
-    if is_instance(error, "anthropic", "APITimeoutError"):
-        return info("api_timeout", retryable=True, timeout=True)
-    if is_instance(error, "anthropic", "APIConnectionError"):
-        return info("connection_error", retryable=True)
-    if is_instance(error, "anthropic", "APIResponseValidationError"):
-        return info("validation_error", retryable=True)
-    status: Any = getattr(error, "status_code", None)
-    if isinstance(status, int) and status >= 400:
-        return status_info(status, error)
-    return _by_error_type(getattr(error, "type", None), error)
+    def _classify_sdk_error(self, error: BaseException) -> ErrorInfo | None:
+        found = client_class_info(error, self._sdk_module)
+        if found is not None:
+            return found
+        status: Any = getattr(error, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            return status_info(status, error)
+        return _by_error_type(getattr(error, "type", None), error)
 
 
 def _by_error_type(kind: object, error: BaseException) -> ErrorInfo | None:

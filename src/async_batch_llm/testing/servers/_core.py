@@ -14,10 +14,11 @@ import abc
 import asyncio
 import inspect
 import json
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
 
@@ -78,6 +79,19 @@ def split_text(text: str) -> list[str]:
 def truncate_words(text: str, limit: int) -> str:
     """The first ``limit`` whitespace-separated words of ``text``, joined by single spaces."""
     return " ".join(text.split()[: max(limit, 0)])
+
+
+def retry_after_headers(retry_after: float | None) -> list[tuple[str, str]]:
+    """The ``retry-after`` and ``retry-after-ms`` headers, as OpenAI and Anthropic send them.
+
+    ``retry-after`` is in whole seconds, rounded up; ``None`` gives no headers.
+    """
+    if retry_after is None:
+        return []
+    return [
+        ("retry-after", str(max(math.ceil(retry_after), 0))),
+        ("retry-after-ms", str(max(round(retry_after * 1000), 0))),
+    ]
 
 
 # --------------------------------------------------------------------------- faults
@@ -174,6 +188,20 @@ class ToolSpec:
     name: str
     description: str | None = None
     parameters: JSONDict = field(default_factory=dict)
+
+
+def tool_spec(declaration: Mapping[str, Any], parameters: Any) -> ToolSpec:
+    """The :class:`ToolSpec` of a provider's tool declaration.
+
+    Args:
+        declaration: the declaration, with a ``name`` and an optional ``description``.
+        parameters: its JSON schema as sent (``{}`` when it is not an object).
+    """
+    return ToolSpec(
+        name=str(declaration["name"]),
+        description=declaration.get("description"),
+        parameters=dict(parameters) if isinstance(parameters, Mapping) else {},
+    )
 
 
 @dataclass(frozen=True)
@@ -298,6 +326,30 @@ class Reply:
         pieces = [self.text or ""]
         pieces.extend(f"{call.name} {call.arguments_json()}" for call in self.tool_calls)
         return " ".join(pieces)
+
+
+def output_tokens(reply: Reply) -> int:
+    """The completion token count of ``reply``: its own, else that of :meth:`Reply.output_text`."""
+    if reply.output_tokens is not None:
+        return reply.output_tokens
+    return count_tokens(reply.output_text())
+
+
+def cut_to_limit(reply: Reply, limit: Any) -> Reply | None:
+    """``reply`` with its text cut to the first ``limit`` words, or ``None`` if nothing is cut.
+
+    Nothing is cut when ``limit`` (the request's output-token limit, as sent) is not an
+    ``int``, when the text fits, or when the reply sets its own finish reason.
+    """
+    text = reply.text
+    if (
+        text is None
+        or not isinstance(limit, int)
+        or word_count(text) <= limit
+        or reply.finish_reason is not None
+    ):
+        return None
+    return replace(reply, text=truncate_words(text, limit))
 
 
 ResponseValue: TypeAlias = str | Mapping[str, Any] | list[Any] | ToolCall | Reply | Fault
@@ -728,9 +780,18 @@ class ProviderServer(abc.ABC):
     ) -> HTTPResponse:
         """Render an error in the provider's format."""
 
-    @abc.abstractmethod
     def _malformed_reply(self, reply: Reply, fault: Malformed) -> Reply:
-        """Corrupt a reply for :class:`Malformed`."""
+        """Corrupt a reply for :class:`Malformed`.
+
+        A reply with tool calls gets empty arguments (``{}``), otherwise its text becomes
+        ``fault.text``. Empty arguments fail schema validation where the wire format carries
+        them as a parsed object (Gemini, Anthropic); a server whose format carries them as a
+        JSON string overrides this.
+        """
+        if reply.tool_calls:
+            calls = tuple(ToolCall(c.name, {}, c.id) for c in reply.tool_calls)
+            return replace(reply, tool_calls=calls)
+        return replace(reply, text=fault.text)
 
     @abc.abstractmethod
     def _check_api_key(self, raw: HTTPRequest) -> APIError | None:

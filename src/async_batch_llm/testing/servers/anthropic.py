@@ -55,10 +55,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ._core import (
@@ -72,11 +71,12 @@ from ._core import (
     RequestDetails,
     Respond,
     Route,
-    ToolCall,
-    ToolSpec,
     count_tokens,
+    cut_to_limit,
+    output_tokens,
+    retry_after_headers,
     split_text,
-    truncate_words,
+    tool_spec,
     word_count,
 )
 from ._http import HTTPRequest, HTTPResponse
@@ -292,13 +292,7 @@ class AnthropicServer(ProviderServer):
         ]
         all_text = [system, *(_block_text(b) for m in messages for b in _blocks(m.get("content")))]
         tools = tuple(
-            ToolSpec(
-                name=str(t["name"]),
-                description=t.get("description"),
-                parameters=dict(t["input_schema"])
-                if isinstance(t.get("input_schema"), Mapping)
-                else {},
-            )
+            tool_spec(t, t.get("input_schema"))
             for t in body.get("tools") or []
             if isinstance(t, Mapping) and isinstance(t.get("name"), str)
         )
@@ -338,10 +332,7 @@ class AnthropicServer(ProviderServer):
             "error": {"type": code or error_type, "message": message or default_message},
             "request_id": request_id,
         }
-        extra = [("request-id", request_id)]
-        if retry_after is not None:
-            extra.append(("retry-after", str(max(math.ceil(retry_after), 0))))
-            extra.append(("retry-after-ms", str(max(round(retry_after * 1000), 0))))
+        extra = [("request-id", request_id), *retry_after_headers(retry_after)]
         if status == 429:
             extra.extend(
                 [
@@ -351,13 +342,6 @@ class AnthropicServer(ProviderServer):
                 ]
             )
         return self._json_response(body, status=status, headers=[*extra, *headers])
-
-    def _malformed_reply(self, reply: Reply, fault: Malformed) -> Reply:
-        if reply.tool_calls:
-            return replace(
-                reply, tool_calls=tuple(ToolCall(c.name, {}, c.id) for c in reply.tool_calls)
-            )
-        return replace(reply, text=fault.text)
 
     # ------------------------------------------------------------- generation
 
@@ -378,17 +362,10 @@ class AnthropicServer(ProviderServer):
         reply = await self._reply(request, malformed)
         body = request.body
         stop = reply.finish_reason or ("tool_use" if reply.tool_calls else "end_turn")
+        cut = cut_to_limit(reply, body.get("max_tokens"))
+        if cut is not None:
+            reply, stop = cut, "max_tokens"
         text = reply.text
-        limit = body.get("max_tokens")
-        if (
-            text is not None
-            and isinstance(limit, int)
-            and word_count(text) > limit
-            and reply.finish_reason is None
-        ):
-            text = truncate_words(text, limit)
-            stop = "max_tokens"
-            reply = replace(reply, text=text)
         content: list[JSONDict] = []
         if text is not None and (text or not reply.tool_calls):
             content.append({"type": "text", "text": text})
@@ -429,11 +406,7 @@ class AnthropicServer(ProviderServer):
             cache = self._cache.process(request.model or "", _segments(request.body), self.clock())
         else:
             cache = _CacheUsage()
-        output = (
-            reply.output_tokens
-            if reply.output_tokens is not None
-            else count_tokens(reply.output_text())
-        )
+        output = output_tokens(reply)
         return {
             "input_tokens": max(total - cache.read - cache.created, 0),
             "cache_creation_input_tokens": cache.created,

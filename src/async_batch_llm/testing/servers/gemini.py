@@ -69,7 +69,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -84,12 +84,12 @@ from ._core import (
     RequestDetails,
     Respond,
     Route,
-    ToolCall,
     ToolSpec,
     count_tokens,
+    cut_to_limit,
+    output_tokens,
     split_text,
-    truncate_words,
-    word_count,
+    tool_spec,
 )
 from ._http import HTTPRequest, HTTPResponse
 
@@ -270,13 +270,7 @@ def _tools(tools: Any) -> tuple[ToolSpec, ...]:
             params = _get(decl, "parametersJsonSchema")
             if not isinstance(params, Mapping):
                 params = decl.get("parameters")
-            specs.append(
-                ToolSpec(
-                    name=decl["name"],
-                    description=decl.get("description"),
-                    parameters=dict(params) if isinstance(params, Mapping) else {},
-                )
-            )
+            specs.append(tool_spec(decl, params))
     return tuple(specs)
 
 
@@ -534,12 +528,6 @@ class GeminiServer(ProviderServer):
             error["details"] = details
         return self._json_response({"error": error}, status=status, headers=headers)
 
-    def _malformed_reply(self, reply: Reply, fault: Malformed) -> Reply:
-        if reply.tool_calls:
-            calls = tuple(ToolCall(c.name, {}, c.id) for c in reply.tool_calls)
-            return replace(reply, tool_calls=calls)
-        return replace(reply, text=fault.text)
-
     # -------------------------------------------------------------- generation
 
     def _check_generation(self, request: ProviderRequest) -> GeminiCache | None:
@@ -570,21 +558,14 @@ class GeminiServer(ProviderServer):
 
     def _candidates(self, request: ProviderRequest, reply: Reply) -> tuple[list[JSONDict], int]:
         parts: list[JSONDict] = []
-        text = reply.text
         finish = reply.finish_reason or "STOP"
         config = _get(request.body, "generationConfig")
         max_tokens = _get(config, "maxOutputTokens") if isinstance(config, Mapping) else None
-        if (
-            text is not None
-            and isinstance(max_tokens, int)
-            and word_count(text) > max_tokens
-            and reply.finish_reason is None
-        ):
-            text = truncate_words(text, max_tokens)
-            finish = "MAX_TOKENS"
-            reply = replace(reply, text=text)
-        if text is not None:
-            parts.append({"text": text})
+        cut = cut_to_limit(reply, max_tokens)
+        if cut is not None:
+            reply, finish = cut, "MAX_TOKENS"
+        if reply.text is not None:
+            parts.append({"text": reply.text})
         for call in reply.tool_calls:
             function_call: JSONDict = {"name": call.name, "args": call.arguments_object()}
             if call.id is not None:
@@ -605,10 +586,7 @@ class GeminiServer(ProviderServer):
             }
             for i in range(count if isinstance(count, int) and count > 0 else 1)
         ]
-        output = reply.output_tokens
-        if output is None:
-            output = count_tokens(reply.output_text())
-        return candidates, output * len(candidates)
+        return candidates, output_tokens(reply) * len(candidates)
 
     def _usage(
         self, request: ProviderRequest, reply: Reply, cache: GeminiCache | None, output: int

@@ -61,7 +61,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -82,9 +81,11 @@ from ._core import (
     ToolCall,
     ToolSpec,
     count_tokens,
+    cut_to_limit,
+    output_tokens,
+    retry_after_headers,
     split_text,
-    truncate_words,
-    word_count,
+    tool_spec,
 )
 from ._http import HTTPRequest, HTTPResponse
 
@@ -155,14 +156,7 @@ def _tools(tools: Any) -> tuple[ToolSpec, ...]:
     for tool in tools if isinstance(tools, list) else []:
         function = tool.get("function") if isinstance(tool, Mapping) else None
         if isinstance(function, Mapping) and isinstance(function.get("name"), str):
-            params = function.get("parameters")
-            specs.append(
-                ToolSpec(
-                    name=function["name"],
-                    description=function.get("description"),
-                    parameters=dict(params) if isinstance(params, Mapping) else {},
-                )
-            )
+            specs.append(tool_spec(function, function.get("parameters")))
     return tuple(specs)
 
 
@@ -357,10 +351,7 @@ class OpenAIServer(ProviderServer):
                 "code": code if code is not None else default_code,
             }
         }
-        extra = [("x-request-id", self._next_id("req_", 24))]
-        if retry_after is not None:
-            extra.append(("retry-after", str(max(math.ceil(retry_after), 0))))
-            extra.append(("retry-after-ms", str(max(round(retry_after * 1000), 0))))
+        extra = [("x-request-id", self._next_id("req_", 24)), *retry_after_headers(retry_after)]
         if status == 429:
             reset = f"{retry_after if retry_after is not None else 1.0:g}s"
             extra.extend(
@@ -396,10 +387,13 @@ class OpenAIServer(ProviderServer):
             raise APIError(
                 400, f"{json.dumps(messages)} is too short - 'messages'", code="empty_array"
             )
-        if self.models is not None and request.model not in self.models:
+        self._check_model(request.model)
+
+    def _check_model(self, model: str | None) -> None:
+        if self.models is not None and model not in self.models:
             raise APIError(
                 404,
-                f"The model `{request.model}` does not exist or you do not have access to it.",
+                f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
 
@@ -422,17 +416,10 @@ class OpenAIServer(ProviderServer):
         reply = await self._reply(request, malformed)
         body = request.body
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        cut = cut_to_limit(reply, body.get("max_completion_tokens", body.get("max_tokens")))
+        if cut is not None:
+            reply, finish = cut, "length"
         text = reply.text
-        if (
-            text is not None
-            and isinstance(limit, int)
-            and word_count(text) > limit
-            and reply.finish_reason is None
-        ):
-            text = truncate_words(text, limit)
-            finish = "length"
-            reply = replace(reply, text=text)
         requested_n = body.get("n")
         n = requested_n if isinstance(requested_n, int) and requested_n > 0 else 1
         tool_calls = [
@@ -443,11 +430,7 @@ class OpenAIServer(ProviderServer):
             }
             for call in reply.tool_calls
         ]
-        output = (
-            reply.output_tokens
-            if reply.output_tokens is not None
-            else count_tokens(reply.output_text())
-        )
+        output = output_tokens(reply)
         prompt_tokens = (
             reply.input_tokens if reply.input_tokens is not None else request.input_tokens
         )
@@ -604,10 +587,5 @@ class OpenAIServer(ProviderServer):
     async def _models_retrieve(
         self, request: ProviderRequest, malformed: Malformed | None
     ) -> HTTPResponse:
-        if self.models is not None and request.model not in self.models:
-            raise APIError(
-                404,
-                f"The model `{request.model}` does not exist or you do not have access to it.",
-                code="model_not_found",
-            )
+        self._check_model(request.model)
         return self._json_response(self._model_json(request.model or ""))
