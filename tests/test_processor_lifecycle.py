@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -269,6 +269,39 @@ async def test_processor_does_not_keep_strategies_alive() -> None:
     del strategy
     gc.collect()
     assert ref() is None
+
+
+class SlottedStrategy:
+    """A duck-typed strategy without a ``__weakref__`` slot: the processor must hold it strongly
+    to track it."""
+
+    __slots__ = ("calls", "cleaned", "prepared")
+
+    def __init__(self) -> None:
+        self.prepared = self.cleaned = self.calls = 0
+
+    async def prepare(self) -> None:
+        self.prepared += 1
+
+    async def cleanup(self) -> None:
+        self.cleaned += 1
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[str, TokenUsage]:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return prompt, {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+
+
+async def test_strategy_without_weakref_support_is_prepared_and_cleaned_once() -> None:
+    strategy = SlottedStrategy()
+    with pytest.raises(TypeError):
+        weakref.ref(strategy)
+    async with make_processor(config=make_config(max_workers=3)) as processor:
+        result = await run_batch(processor, items(cast(Any, strategy), "a", "b", "c", "d"))
+    assert result.succeeded == 4
+    assert (strategy.prepared, strategy.calls, strategy.cleaned) == (1, 4, 1)
 
 
 async def test_context_manager_returns_processor_and_never_swallows_exceptions() -> None:

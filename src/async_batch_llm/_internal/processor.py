@@ -267,8 +267,6 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._progress_tasks: set[asyncio.Task[None]] = set()
         self._progress_started: list[asyncio.Future[None]] = []
         self._progress_async_cache: tuple[ProgressCallbackFunc, bool] | None = None
-        self._prepared: weakref.WeakSet[LLMCallStrategy[Any]] = weakref.WeakSet()
-        self._prepared_strong: list[LLMCallStrategy[Any]] = []
         self._prepared_by_id: dict[int, Callable[[], object]] = {}
         self._needs_cleanup: list[weakref.ref[LLMCallStrategy[Any]] | LLMCallStrategy[Any]] = []
         self._prepare_lock = asyncio.Lock()
@@ -493,14 +491,12 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
     # ----------------------------------------------------------------------------- strategies
 
     def _is_prepared(self, strategy: LLMCallStrategy[Any]) -> bool:
-        # Fast path, once per item: an identity lookup that needs no new weak reference.
+        # An identity lookup that needs no new weak reference. A dead strategy's id may be
+        # reused by a new object; its weak reference then returns None, so that entry is stale
+        # and harmless. Strategies that cannot be weakly referenced are held strongly, so their
+        # ids stay theirs.
         ref = self._prepared_by_id.get(id(strategy))
-        if ref is not None and ref() is strategy:
-            return True
-        try:
-            return strategy in self._prepared
-        except TypeError:
-            return any(s is strategy for s in self._prepared_strong)
+        return ref is not None and ref() is strategy
 
     async def _ensure_prepared(self, strategy: LLMCallStrategy[Any]) -> None:
         """Await ``strategy.prepare()`` once per strategy object; prepares are serialised."""
@@ -509,17 +505,11 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 return
             await strategy.prepare()
             try:
-                self._prepared.add(strategy)
+                self._prepared_by_id[id(strategy)] = weakref.ref(strategy)
                 self._needs_cleanup.append(weakref.ref(strategy))
             except TypeError:  # not weak-referenceable: hold it strongly
-                self._prepared_strong.append(strategy)
-                self._needs_cleanup.append(strategy)
-            try:
-                # A dead strategy's id may be reused; the identity check in _is_prepared
-                # then fails, so stale entries are harmless.
-                self._prepared_by_id[id(strategy)] = weakref.ref(strategy)
-            except TypeError:
                 self._prepared_by_id[id(strategy)] = _strong_ref(strategy)
+                self._needs_cleanup.append(strategy)
 
     async def _cleanup_strategies(self) -> None:
         """Await ``cleanup()`` once on every strategy prepared since the last call."""
