@@ -97,6 +97,11 @@ _PROGRESS_SETTLE_WAIT = 0.02
 
 SKIPPED_ERROR = "Skipped by middleware"
 
+_UNCLASSIFIED = ErrorInfo(
+    is_retryable=False, is_rate_limit=False, is_timeout=False, error_category="unknown"
+)
+"""What an attempt's error counts as when the error classifier itself raised."""
+
 
 class _Failure:
     """A failed attempt that the retry loop must decide about."""
@@ -1097,7 +1102,13 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     await cast(Any, on_error)(exc, attempt)
         except Exception:  # TimeoutError included
             logger.exception("strategy on_error failed for item %s", item.item_id)
-        info = self.error_classifier.classify(exc)
+        try:
+            info = self.error_classifier.classify(exc)
+        except Exception:
+            # A broken classifier must not cost the item its result or its token count: the
+            # attempt's error stands, and is not retried (nothing says it is safe to).
+            logger.exception("error classifier failed on %r for item %s", exc, item.item_id)
+            info = _UNCLASSIFIED
         if info.is_rate_limit:
             self._stats.rate_limit_count += 1
             if self.observers:

@@ -1,8 +1,9 @@
-"""A strategy that raises ``CancelledError`` on its own fails its attempt; it never kills a worker.
+"""Faults inside the machinery of one item stay with that item.
 
-Only a real cancellation of the batch (or the attempt's own timeout) may end an attempt with
-``CancelledError``; a strategy awaiting a future that something else cancelled must not lose its
-item's result or stop the worker that runs it.
+- A strategy that raises ``CancelledError`` on its own fails its attempt; it never kills a
+  worker. Only a real cancellation of the batch (or the attempt's own timeout) may end an attempt
+  with ``CancelledError``.
+- A classifier that raises fails only the item it was classifying, with its tokens counted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 
 from async_batch_llm import (
     BaseMiddleware,
+    DefaultErrorClassifier,
+    ErrorInfo,
     LLMCallStrategy,
     LLMWorkItem,
     Middleware,
@@ -87,3 +90,43 @@ async def test_a_real_cancellation_still_propagates() -> None:
     batch.cancel()
     with pytest.raises(asyncio.CancelledError):
         await batch
+
+
+async def test_a_raising_classifier_fails_only_that_item_and_keeps_its_tokens() -> None:
+    class Broken429(Exception):
+        pass
+
+    class CostlyFailure(LLMCallStrategy[str]):
+        async def execute(
+            self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+        ) -> tuple[str, TokenUsage]:
+            if prompt == "bad":
+                error = Broken429("provider said no")
+                error.__dict__["_failed_token_usage"] = {
+                    "input_tokens": 7,
+                    "output_tokens": 3,
+                    "total_tokens": 10,
+                }
+                raise error
+            return prompt, {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+
+    class ExplodingClassifier(DefaultErrorClassifier):
+        def classify(self, exception: Exception) -> ErrorInfo:
+            if isinstance(exception, Broken429):
+                raise RuntimeError("classifier bug")
+            return super().classify(exception)
+
+    async with ParallelBatchProcessor[str, str, None](
+        config=ProcessorConfig(max_workers=2), error_classifier=ExplodingClassifier()
+    ) as processor:
+        for name in ("ok1", "bad", "ok2"):
+            await processor.add_work(
+                LLMWorkItem(item_id=name, strategy=CostlyFailure(), prompt=name)
+            )
+        result = await processor.process_all()
+
+    by_id = {r.item_id: r for r in result.results}
+    assert [by_id[n].success for n in ("ok1", "bad", "ok2")] == [True, False, True]
+    assert by_id["bad"].error == "Broken429: provider said no"
+    assert by_id["bad"].token_usage["total_tokens"] == 10
+    assert result.total_input_tokens == 7 + 2
