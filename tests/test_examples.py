@@ -483,10 +483,10 @@ def test_retrying_gemini_classifier_snippet() -> None:
     assert classifier.classify(raised["429"]).is_rate_limit
 
 
-def test_gemini_cache_deleted_elsewhere_fails_items_with_403() -> None:
-    """docs/providers.md, "A cache that disappears early": what happens, as documented."""
+def test_gemini_cache_deleted_elsewhere_is_recreated_on_the_retry() -> None:
+    """docs/providers.md, "A cache that disappears early": the 403 costs one attempt, no item."""
 
-    async def scenario() -> list[str | None]:
+    async def scenario() -> tuple[list[bool], int, int, str | None, str | None]:
         async with GeminiServer() as server:
             client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=server.url))
             strategy = GeminiCachedStrategy(
@@ -502,20 +502,27 @@ def test_gemini_cache_deleted_elsewhere_fails_items_with_403() -> None:
                     )
                     first = await processor.process_all()
                 assert first.succeeded == 1
-                name = strategy.model.cache_name
-                assert name is not None
-                await client.aio.caches.delete(name=name)  # "another program" deletes it
+                dead = strategy.model.cache_name
+                assert dead is not None
+                await client.aio.caches.delete(name=dead)  # "another program" deletes it
                 async with ParallelBatchProcessor[str, str, None](config=config) as processor:
                     await processor.add_work(
                         LLMWorkItem(item_id="b", strategy=strategy, prompt="q")
                     )
                     second = await processor.process_all()
-                assert server.status_counts[403] == 2  # both attempts used the dead name
-                return [r.error for r in second.results]
+                return (
+                    [r.success for r in second.results],
+                    server.status_counts[403],
+                    server.counts["cache_create"],
+                    dead,
+                    strategy.model.cache_name,
+                )
             finally:
                 await client.aio.aclose()
 
-    [error] = asyncio.run(scenario())
-    assert error is not None
-    assert error.startswith("ClientError: 403 PERMISSION_DENIED")
-    assert "CachedContent not found (or permission denied)" in error
+    successes, forbidden, creates, dead, live = asyncio.run(scenario())
+    assert successes == [True]
+    assert forbidden == 1  # only the first attempt used the dead name
+    assert creates == 2  # the retry created a fresh cache
+    assert live is not None
+    assert live != dead

@@ -449,3 +449,36 @@ async def test_processor_shares_one_cache_across_items(
     assert result.total_cached_tokens == 10 * 2
     assert result.total_input_tokens == 10 * (2 + 2)
     assert result.cache_hit_rate() == 50.0
+
+
+@pytest.mark.parametrize("auto_renew", [True, False], ids=["auto-renew", "no-auto-renew"])
+async def test_a_cache_deleted_elsewhere_is_forgotten_only_with_auto_renew(
+    server: GeminiServer, client: genai.Client, clock: ManualClock, auto_renew: bool
+) -> None:
+    model = cached_model(
+        client,
+        clock,
+        cache_ttl_seconds=600,
+        cache_renewal_buffer_seconds=60,
+        auto_renew=auto_renew,
+    )
+    await model.prepare()
+    dead = model.cache_name
+    assert dead is not None
+    await client.aio.caches.delete(name=dead)
+
+    with pytest.raises(errors.ClientError) as caught:
+        await model.generate("first try")
+    assert caught.value.code == 403
+
+    if auto_renew:
+        assert model.cache_name is None
+        response = await model.generate("second try")
+        assert model.cache_name not in (None, dead)
+        assert response.cached_input_tokens > 0
+        assert server.counts["cache_create"] == 2
+    else:
+        assert model.cache_name == dead
+        with pytest.raises(errors.ClientError):
+            await model.generate("second try")
+        assert server.counts["cache_create"] == 1

@@ -230,6 +230,13 @@ class GeminiModel:
         return await _generate(self._client, self._model, prompt, request)
 
 
+def _is_missing_cache_error(exc: BaseException) -> bool:
+    """Whether the API said the named cache does not exist (the real API answers 403
+    ``CachedContent not found (or permission denied)``; 404 is accepted too)."""
+    code = getattr(exc, "code", None)
+    return code in (403, 404) and "cachedcontent not found" in str(exc).lower()
+
+
 class GeminiCachedModel:
     """A Gemini model whose requests use an explicit context cache holding ``cached_content``.
 
@@ -459,7 +466,20 @@ class GeminiCachedModel:
             request["safety_settings"] = self._safety_settings
         if config:
             request.update(config)
-        return await _generate(self._client, self._model, prompt, request)
+        try:
+            return await _generate(self._client, self._model, prompt, request)
+        except Exception as exc:
+            if self._auto_renew and _is_missing_cache_error(exc):
+                # The cache vanished server-side (deleted elsewhere, or expired early): forget
+                # it so the next attempt finds or creates a live one instead of failing again.
+                async with self._lock:
+                    if self._cache_name == cache_name:
+                        logger.warning(
+                            "Gemini cache %s no longer exists; the next call creates a new one",
+                            cache_name,
+                        )
+                        self._forget_cache()
+            raise
 
     async def cleanup(self) -> None:
         """Leave the cache to expire on its own so later runs can reuse it (logs only)."""
