@@ -18,6 +18,10 @@ OBSERVER_CALLBACK_TIMEOUT = 5.0
 """Seconds each observer gets to handle one event."""
 
 
+def _log_timeout(observer: ProcessorObserver, timeout: float, event: ProcessingEvent) -> None:
+    logger.warning("observer %r timed out after %.1fs on %s", observer, timeout, event.name)
+
+
 async def dispatch(
     observers: Sequence[ProcessorObserver],
     event: ProcessingEvent,
@@ -41,14 +45,10 @@ async def dispatch(
             except asyncio.CancelledError:
                 if not deadline.stop():
                     raise
-                logger.warning(
-                    "observer %r timed out after %.1fs on %s", observer, timeout, event.name
-                )
+                _log_timeout(observer, timeout, event)
             except TimeoutError:
                 deadline.stop()
-                logger.warning(
-                    "observer %r timed out after %.1fs on %s", observer, timeout, event.name
-                )
+                _log_timeout(observer, timeout, event)
             except Exception:
                 deadline.stop()
                 logger.exception("observer %r failed on %s", observer, event.name)
@@ -63,6 +63,6 @@ async def dispatch(
             async with asyncio.timeout(timeout):
                 await observer.on_event(event, data)
         except TimeoutError:
-            logger.warning("observer %r timed out after %.1fs on %s", observer, timeout, event.name)
+            _log_timeout(observer, timeout, event)
         except Exception:
             logger.exception("observer %r failed on %s", observer, event.name)

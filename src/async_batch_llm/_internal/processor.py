@@ -330,7 +330,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._results = []
         start_time = self._stats.start_time
         await self._before_batch()
-        await self._emit_event(
+        await self._emit(
             ProcessingEvent.BATCH_STARTED,
             {"total": self._stats.total, "max_workers": self.max_workers, "start_time": start_time},
         )
@@ -348,7 +348,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             self._queue.clear()
         await self._await_progress_started()
         stats = self._stats
-        await self._emit_event(
+        await self._emit(
             ProcessingEvent.BATCH_COMPLETED,
             {
                 "processed": stats.processed,
@@ -365,7 +365,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
     async def _before_batch(self) -> None:
         """Set up per-run state (subclass hook)."""
 
-    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+    async def _emit(
+        self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None
+    ) -> None:
         """Deliver an event to observers (subclass hook; the base has none)."""
 
     @abstractmethod
@@ -709,9 +711,6 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         """Deliver an event; a worker passes its idle deadline to bound observers cheaply."""
         if self.observers:
             await dispatch(self.observers, event, data, OBSERVER_CALLBACK_TIMEOUT, deadline)
-
-    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-        await self._emit(event, data)
 
     async def _before_batch(self) -> None:
         config = self.config
