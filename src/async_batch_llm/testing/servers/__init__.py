@@ -37,8 +37,21 @@ Scripting (the same on every server):
 * Tokens: :func:`count_tokens` (whitespace-separated words, at least 1) is the
   deterministic tokenizer behind every usage number; each server module
   documents exactly which text is counted.
-* Time: ``clock`` (default ``time.time``) drives timestamps and every cache
-  expiry, so tests can expire caches without sleeping.
+* Time: ``clock`` (default ``time.time``) drives timestamps, every cache
+  expiry and the rate-limit buckets, so tests can expire caches and refill
+  limits without sleeping.
+* Rate limits (OpenAI and Anthropic, off by default):
+  ``OpenAIServer(requests_per_minute=..., tokens_per_minute=...)`` and
+  ``AnthropicServer(requests_per_minute=..., tokens_per_minute=...,
+  input_tokens_per_minute=..., output_tokens_per_minute=...)`` enforce
+  per-minute limits over a short window (``rate_limit_window_seconds``, 3 s)
+  like the real services: over-limit requests get the provider's 429 with
+  ``retry-after``, and every answer carries the real ``x-ratelimit-*`` /
+  ``anthropic-ratelimit-*`` headers.  Counters: ``rate_limit_admitted``,
+  ``rate_limit_rejections`` (per limit), ``rate_limited_count``,
+  ``rate_limit_charged`` (per limit, after settling with actual usage) and
+  ``rate_limit_status()`` (:class:`RateLimitStatus` per limit).  Each server
+  module documents its accounting rule and headers.
 
 Exiting the context closes the listening socket and every connection
 (including hung ones) and waits for all handler tasks.  Exceptions raised by
@@ -64,6 +77,7 @@ from ._core import (
     ProviderRequest,
     ProviderServer,
     RateLimited,
+    RateLimitStatus,
     Reply,
     Respond,
     ResponseValue,
@@ -93,6 +107,7 @@ __all__ = [
     "OpenAIServer",
     "ProviderRequest",
     "ProviderServer",
+    "RateLimitStatus",
     "RateLimited",
     "Reply",
     "Respond",

@@ -3,9 +3,20 @@
 This module defines the scripting vocabulary shared by every server (the
 request object handed to response functions, replies, tool calls and faults),
 the deterministic token counter, a JSON-schema example generator used by the
-default response function, and :class:`ProviderServer`, the base class that
-records requests, applies scripted faults and manages the HTTP server's life
-cycle.
+default response function, the token buckets behind the servers' configurable
+rate limits, and :class:`ProviderServer`, the base class that records requests,
+enforces those limits, applies scripted faults and manages the HTTP server's
+life cycle.
+
+Rate limits (OpenAI and Anthropic servers): each configured per-minute limit is
+a token bucket that refills continuously at ``limit / 60`` per second and holds
+at most ``limit * window / 60`` (at least 1), where ``window`` is the server's
+``rate_limit_window_seconds``: like the real services, a per-minute limit is
+enforced over a window of a few seconds, so a whole minute's worth can never be
+spent in one burst.  A request is admitted when every bucket holds what it asks
+for; a request that asks for more than a bucket can hold (but no more than the
+per-minute limit) is admitted when that bucket is full and leaves it in debt.
+Admission is all or nothing: a rejected request charges nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ __all__ = [
     "Malformed",
     "ProviderRequest",
     "ProviderServer",
+    "RateLimitStatus",
     "RateLimited",
     "Reply",
     "Respond",
@@ -375,13 +387,16 @@ class Exchange:
 
     ``status`` is ``None`` when nothing was sent (:class:`Hang`, :class:`Disconnect`),
     ``fault`` is the fault applied (if any) and ``error`` the exception raised by
-    a response function (answered with a 500).
+    a response function (answered with a 500).  ``rate_limited`` names the limit
+    (``"requests"``, ``"tokens"``, ``"input_tokens"``, ``"output_tokens"``) when
+    the server's own configured rate limits answered the request with a 429.
     """
 
     request: ProviderRequest
     status: int | None
     fault: Fault | None = None
     error: Exception | None = None
+    rate_limited: str | None = None
 
 
 # ------------------------------------------------------------ schema example values
@@ -594,6 +609,88 @@ class Route:
     handler: Handler
 
 
+# ------------------------------------------------------------------- rate limits
+
+RATE_LIMIT_NAMES = ("requests", "tokens", "input_tokens", "output_tokens")
+"""Every rate-limit name a server may configure, in the order they are checked."""
+
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """The state of one configured rate limit, as the rate-limit headers report it.
+
+    Attributes:
+        limit: The configured per-minute figure (the ``limit`` headers).
+        capacity: The most the bucket holds: ``limit * window / 60``, at least 1.
+        remaining: What the bucket holds now, rounded down, never below 0 (the
+            ``remaining`` headers).
+        reset: Seconds until the bucket is full again (the ``reset`` headers).
+    """
+
+    limit: int
+    capacity: float
+    remaining: int
+    reset: float
+
+
+class _Bucket:
+    """A token bucket refilling at ``limit / 60`` per second up to ``limit * window / 60``."""
+
+    def __init__(self, limit: int, window: float, now: float) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = max(limit * window / 60.0, 1.0)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        if now > self.updated:
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def fits(self, amount: int) -> bool:
+        if amount <= self.level + _EPSILON:
+            return True
+        return self.level + _EPSILON >= self.capacity and amount <= self.limit
+
+    def wait(self, amount: int) -> float:
+        """Seconds until ``amount`` fits (without other traffic)."""
+        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+
+    def status(self) -> RateLimitStatus:
+        return RateLimitStatus(
+            limit=self.limit,
+            capacity=self.capacity,
+            remaining=max(0, math.floor(self.level + _EPSILON)),
+            reset=max(0.0, (self.capacity - self.level) / self.rate),
+        )
+
+
+@dataclass(frozen=True)
+class RateLimitRejection:
+    """Why the configured limits refused a request (internal; handed to the error builder).
+
+    ``retry_after`` is ``None`` when the request asks for more than the per-minute limit
+    itself (it can never be admitted).
+    """
+
+    name: str
+    limit: int
+    requested: int
+    retry_after: float | None
+    model: str | None
+
+
+def _check_limit(value: int | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
 # ------------------------------------------------------------------- base server
 
 
@@ -604,14 +701,20 @@ class ProviderServer(abc.ABC):
     call :meth:`start` / :meth:`close`.  Servers listen on ``127.0.0.1`` on a
     random free port unless ``port`` is given.
 
+    Servers that support rate limits (OpenAI, Anthropic) take them as their own
+    keyword options; a request of a generation kind is checked against them after
+    the API key and before any scripted fault (a refused request consumes no
+    scripted fault and is answered 429 at once).
+
     Args:
         respond: Response function for generation requests; defaults to
             :func:`default_respond`.  May be async and may return a fault.
         fault_fn: Called for every request whose kind has no scripted fault
             queued; returns a fault or ``None``.
         latency: Seconds to delay every request before answering.
-        clock: Wall-clock source (seconds since the epoch) for timestamps and
-            cache expiry; inject a fake to expire caches without sleeping.
+        clock: Wall-clock source (seconds since the epoch) for timestamps, cache
+            expiry and rate-limit refill; inject a fake to expire caches and refill
+            limits without sleeping.
         host: Interface to bind (keep the default ``127.0.0.1``).
         port: Port to bind; ``0`` picks a free one.
         api_key: If set, requests must present this key (as the SDK sends it)
@@ -666,6 +769,20 @@ class ProviderServer(abc.ABC):
         """Requests received but not yet answered (hung requests count until the client leaves)."""
         self.max_in_flight = 0
         """The highest ``in_flight`` seen."""
+        self.rate_limits: dict[str, int] = {}
+        """The configured per-minute limits by name (empty: no limits, no rate-limit headers)."""
+        self.rate_limit_window_seconds = 3.0
+        """The window the per-minute limits are enforced over (bucket capacity)."""
+        self.rate_limit_admitted = 0
+        """Generation requests the configured limits admitted."""
+        self.rate_limit_rejections: Counter[str] = Counter()
+        """429s sent by the configured limits, per limit name (scripted faults not included)."""
+        self.rate_limit_charged: Counter[str] = Counter()
+        """What admitted requests were charged, per limit name (``"requests"``, ``"tokens"``,
+        ``"input_tokens"``, ``"output_tokens"``), after settling with the actual usage.  Counted
+        for every name the server accounts, also those without a configured limit."""
+        self._buckets: dict[str, _Bucket] = {}
+        self._charges: dict[int, dict[str, int]] = {}
 
     # ----------------------------------------------------------------- life cycle
 
@@ -761,6 +878,109 @@ class ProviderServer(abc.ABC):
         self.fault_counts.clear()
         self.handler_errors.clear()
         self.max_in_flight = self.in_flight
+        self.rate_limit_admitted = 0
+        self.rate_limit_rejections.clear()
+        self.rate_limit_charged.clear()
+
+    # --------------------------------------------------------------- rate limits
+
+    @property
+    def rate_limited_count(self) -> int:
+        """429s sent by the configured limits (all reasons; scripted faults not included)."""
+        return sum(self.rate_limit_rejections.values())
+
+    def rate_limit_status(self) -> dict[str, RateLimitStatus]:
+        """The current state of every configured limit, by name (refilled to the clock's now)."""
+        now = self.clock()
+        for bucket in self._buckets.values():
+            bucket.refill(now)
+        return {name: bucket.status() for name, bucket in self._buckets.items()}
+
+    def reset_rate_limits(self) -> None:
+        """Fill every configured limit's bucket up (e.g. between benchmark runs)."""
+        now = self.clock()
+        for bucket in self._buckets.values():
+            bucket.level = bucket.capacity
+            bucket.updated = now
+
+    def _configure_rate_limits(self, limits: Mapping[str, int | None], window: float) -> None:
+        """Set up the buckets of the limits that are not ``None`` (called by subclasses)."""
+        if isinstance(window, bool) or not isinstance(window, int | float):
+            raise ValueError(f"rate_limit_window_seconds must be a number, got {window!r}")
+        if not (math.isfinite(window) and window > 0):
+            raise ValueError(f"rate_limit_window_seconds must be > 0, got {window!r}")
+        self.rate_limit_window_seconds = float(window)
+        now = self.clock()
+        for name, value in limits.items():
+            if name not in RATE_LIMIT_NAMES:
+                raise ValueError(f"unknown rate limit {name!r}")
+            limit = _check_limit(value, f"{name}_per_minute")
+            if limit is not None:
+                self.rate_limits[name] = limit
+                self._buckets[name] = _Bucket(limit, float(window), now)
+
+    def _rate_limit_reservation(self, request: ProviderRequest) -> dict[str, int]:
+        """What a generation request is charged at admission, besides one request."""
+        return {}
+
+    def _rate_limit_error(self, rejection: RateLimitRejection) -> HTTPResponse:
+        """The provider's 429 for a request the configured limits refused."""
+        return self._error_response(429, None, retry_after=rejection.retry_after)
+
+    def _rate_limit_headers(
+        self, status: Mapping[str, RateLimitStatus], now: float
+    ) -> list[tuple[str, str]]:
+        """The provider's rate-limit headers for the configured limits' ``status``."""
+        return []
+
+    def _admit(self, request: ProviderRequest) -> RateLimitRejection | None:
+        """Charge the request's reservation to every bucket, or return why it does not fit."""
+        wanted = {"requests": 1, **self._rate_limit_reservation(request)}
+        now = self.clock()
+        rejection: RateLimitRejection | None = None
+        for name, bucket in self._buckets.items():
+            bucket.refill(now)
+            amount = wanted.get(name, 0)
+            if amount > bucket.limit:
+                return RateLimitRejection(name, bucket.limit, amount, None, request.model)
+            if not bucket.fits(amount):
+                wait = bucket.wait(amount)
+                if rejection is None or wait > (rejection.retry_after or 0.0):
+                    rejection = RateLimitRejection(name, bucket.limit, amount, wait, request.model)
+        if rejection is not None:
+            return rejection
+        for name, bucket in self._buckets.items():
+            bucket.level -= wanted.get(name, 0)
+        self._charges[request.index] = dict(wanted)
+        self.rate_limit_charged.update(wanted)
+        self.rate_limit_admitted += 1
+        return None
+
+    def _settle_rate_limits(self, request: ProviderRequest, usage: Mapping[str, int]) -> None:
+        """Replace the admission charge of ``request`` by its final ``usage`` (per limit name).
+
+        A higher usage is charged on top (the bucket may go into debt); a lower one is
+        refunded (the bucket never holds more than its capacity).  Called by handlers once
+        the answer's usage is known; a no-op without configured limits.
+        """
+        charged = self._charges.get(request.index)
+        if charged is None:
+            return
+        now = self.clock()
+        for name, final in usage.items():
+            delta = final - charged.get(name, 0)
+            charged[name] = final
+            self.rate_limit_charged[name] += delta
+            bucket = self._buckets.get(name)
+            if bucket is not None:
+                bucket.refill(now)
+                bucket.level = min(bucket.capacity, bucket.level - delta)
+
+    def _add_rate_limit_headers(self, response: HTTPResponse) -> None:
+        """Append the rate-limit headers; headers the response already names are kept."""
+        headers = self._rate_limit_headers(self.rate_limit_status(), self.clock())
+        present = {name.lower() for name, _ in response.headers}
+        response.headers.extend(h for h in headers if h[0].lower() not in present)
 
     # ------------------------------------------------------- provider hooks
 
@@ -909,11 +1129,16 @@ class ProviderServer(abc.ABC):
             return await self._process(raw, request, route, body_error, connection, outcome)
         finally:
             self.in_flight -= 1
+            self._charges.pop(request.index, None)
             if outcome.fault is not None:
                 self.fault_counts[type(outcome.fault).__name__] += 1
             if outcome.status is not None:
                 self.status_counts[outcome.status] += 1
-            self.exchanges.append(Exchange(request, outcome.status, outcome.fault, outcome.error))
+            self.exchanges.append(
+                Exchange(
+                    request, outcome.status, outcome.fault, outcome.error, outcome.rate_limited
+                )
+            )
 
     async def _process(
         self,
@@ -924,6 +1149,9 @@ class ProviderServer(abc.ABC):
         connection: ClientConnection,
         outcome: _Outcome,
     ) -> HandlerResult:
+        limited = (
+            route is not None and bool(self._buckets) and request.kind in self.generation_kinds
+        )
         try:
             auth_error = None if route is None or self.api_key is None else self._check_api_key(raw)
             if auth_error is not None:
@@ -932,6 +1160,15 @@ class ProviderServer(abc.ABC):
                 )
                 outcome.status = response.status
                 return response
+            if limited:
+                rejection = self._admit(request)
+                if rejection is not None:
+                    self.rate_limit_rejections[rejection.name] += 1
+                    outcome.rate_limited = rejection.name
+                    response = self._rate_limit_error(rejection)
+                    self._add_rate_limit_headers(response)
+                    outcome.status = response.status
+                    return response
             fault = self._next_fault(request)
             if self.latency > 0:
                 await asyncio.sleep(self.latency)
@@ -955,6 +1192,8 @@ class ProviderServer(abc.ABC):
             await connection.wait_for_disconnect()
             return _DisconnectResult()
         if isinstance(result, HTTPResponse):
+            if limited:
+                self._add_rate_limit_headers(result)
             outcome.status = result.status
         return result
 
@@ -1004,6 +1243,7 @@ class _Outcome:
     status: int | None = None
     fault: Fault | None = None
     error: Exception | None = None
+    rate_limited: str | None = None
 
 
 class _HandlerFailure(Exception):
