@@ -43,8 +43,39 @@ after their last use.
 Errors use ``{"error": {"message", "type", "param", "code"}}``.
 :class:`RateLimited` answers 429 (``type: "requests"``, ``code:
 "rate_limit_exceeded"``) with ``retry-after`` (whole seconds, rounded up) and
-``retry-after-ms`` headers plus ``x-ratelimit-*`` headers.  Every response has an
-``x-request-id`` header.
+``retry-after-ms`` headers plus ``x-ratelimit-*`` headers (fixed figures unless
+rate limits are configured).  Every response has an ``x-request-id`` header.
+
+Rate limits (off by default): ``requests_per_minute`` and ``tokens_per_minute``
+are enforced on chat completions like OpenAI does, as token buckets refilling
+continuously at ``limit / 60`` per second that hold ``limit *
+rate_limit_window_seconds / 60`` (at least 1; the window defaults to 3 s), so
+a minute's worth can never be spent in one burst (see :mod:`._core`).
+Accounting rule, per request:
+
+* admission charges 1 request and ``prompt_tokens + max_tokens * n`` tokens
+  (``max_completion_tokens`` if given, else ``max_tokens``, else 0);
+* once the reply is known the token charge becomes ``prompt_tokens +
+  max(max_tokens * n, completion_tokens)``: a reply longer than the reservation
+  (or one with no ``max_tokens``) is charged its completion tokens on top, a
+  shorter one is not refunded (OpenAI counts ``max_tokens`` against TPM);
+* a request that does not fit is answered 429 ``rate_limit_exceeded`` with
+  ``type: "requests"`` or ``type: "tokens"`` (the limit that needs the longest
+  wait), ``retry-after``/``retry-after-ms`` headers giving that wait, and is not
+  charged; one asking for more tokens than ``tokens_per_minute`` itself gets a
+  429 "Request too large" without ``retry-after``.  Admitted requests keep their
+  charge whatever the answer (faults and errors included).
+
+With limits configured every chat-completion answer (200, 429 and errors)
+carries the real headers of each configured limit: ``x-ratelimit-limit-requests``
+/ ``-tokens`` (the per-minute figure), ``x-ratelimit-remaining-requests`` /
+``-tokens`` (what the short-window bucket holds after this request, rounded
+down) and ``x-ratelimit-reset-requests`` / ``-tokens`` (time until the bucket is
+full again, as OpenAI writes durations: ``"12ms"``, ``"1s"``, ``"1m30.5s"``,
+``"6m0s"``).  Headers set by a :class:`Reply` or :class:`ErrorResponse` win.
+Counters: ``rate_limit_admitted``, ``rate_limit_rejections`` (per limit name),
+``rate_limited_count``, ``rate_limit_charged`` (``"requests"``, ``"tokens"``);
+``rate_limit_status()`` gives each limit's state.
 
 Retries: the ``openai`` SDK retries 408/409/429/5xx and connection errors twice
 by default (honouring ``retry-after-ms``/``retry-after`` up to 120 s, otherwise
@@ -74,6 +105,8 @@ from ._core import (
     Malformed,
     ProviderRequest,
     ProviderServer,
+    RateLimitRejection,
+    RateLimitStatus,
     Reply,
     RequestDetails,
     Respond,
@@ -114,6 +147,37 @@ _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
     504: ("server_error", None, "Gateway timeout."),
 }
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way OpenAI's ``x-ratelimit-reset-*`` headers write it.
+
+    Milliseconds below one second (``"12ms"``), otherwise hours, minutes and seconds with
+    up to three decimals (``"1s"``, ``"1m30.5s"``, ``"6m0s"``, ``"1h0m0s"``); ``"0s"`` for 0.
+    """
+    total_ms = max(round(seconds * 1000), 0)
+    if total_ms == 0:
+        return "0s"
+    if total_ms < 1000:
+        return f"{total_ms}ms"
+    hours, rest = divmod(total_ms, 3_600_000)
+    minutes, millis = divmod(rest, 60_000)
+    secs = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _reserved_completion(body: Mapping[str, Any]) -> int:
+    """``max_completion_tokens`` (else ``max_tokens``) times ``n``, or 0 when neither is given."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return 0
+    requested_n = body.get("n")
+    n = requested_n if isinstance(requested_n, int) and requested_n > 0 else 1
+    return limit * n
 
 
 def _text(content: Any) -> str:
@@ -225,6 +289,10 @@ class OpenAIServer(ProviderServer):
         prompt_cache_min_tokens: Shortest cacheable prefix (1024, as OpenAI).
         prompt_cache_increment: Cache granularity above the minimum (128, as OpenAI).
         prompt_cache_ttl: Seconds an unused prefix stays cached (600).
+        requests_per_minute: Enforce this RPM on chat completions (``None``: no limit).
+        tokens_per_minute: Enforce this TPM on chat completions (``None``: no limit).
+        rate_limit_window_seconds: The window the per-minute limits are enforced over:
+            each bucket holds ``limit * window / 60`` (3 s: 5% of a minute's worth).
         api_key: If set, ``Authorization: Bearer <key>`` must match, otherwise 401.
         host, port, raise_handler_errors: See :class:`ProviderServer`.
     """
@@ -247,6 +315,9 @@ class OpenAIServer(ProviderServer):
         prompt_cache_min_tokens: int = 1024,
         prompt_cache_increment: int = 128,
         prompt_cache_ttl: float = 600.0,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        rate_limit_window_seconds: float = 3.0,
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -266,6 +337,10 @@ class OpenAIServer(ProviderServer):
         self.prompt_caching = prompt_caching
         self._prefix_cache = _PrefixCache(
             prompt_cache_min_tokens, prompt_cache_increment, prompt_cache_ttl
+        )
+        self._configure_rate_limits(
+            {"requests": requests_per_minute, "tokens": tokens_per_minute},
+            rate_limit_window_seconds,
         )
 
     @property
@@ -352,7 +427,7 @@ class OpenAIServer(ProviderServer):
             }
         }
         extra = [("x-request-id", self._next_id("req_", 24)), *retry_after_headers(retry_after)]
-        if status == 429:
+        if status == 429 and not self.rate_limits:
             reset = f"{retry_after if retry_after is not None else 1.0:g}s"
             extra.extend(
                 [
@@ -365,6 +440,53 @@ class OpenAIServer(ProviderServer):
                 ]
             )
         return self._json_response(body, status=status, headers=[*extra, *headers])
+
+    # ------------------------------------------------------------ rate limits
+
+    def _rate_limit_reservation(self, request: ProviderRequest) -> dict[str, int]:
+        return {"tokens": request.input_tokens + _reserved_completion(request.body)}
+
+    def _rate_limit_error(self, rejection: RateLimitRejection) -> HTTPResponse:
+        unit = "requests per min (RPM)" if rejection.name == "requests" else "tokens per min (TPM)"
+        where = f"for {rejection.model or 'this model'} in organization org-local on {unit}"
+        figures = f"Limit {rejection.limit}, Requested {rejection.requested}."
+        if rejection.retry_after is None:
+            message = (
+                f"Request too large {where}: {figures} "
+                "The input or output tokens must be reduced in order to run successfully."
+            )
+        else:
+            wait = format_duration(rejection.retry_after)
+            message = f"Rate limit reached {where}: {figures} Please try again in {wait}."
+        body = {
+            "error": {
+                "message": message,
+                "type": "requests" if rejection.name == "requests" else "tokens",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+        headers = [
+            ("x-request-id", self._next_id("req_", 24)),
+            *retry_after_headers(rejection.retry_after),
+        ]
+        return self._json_response(body, status=429, headers=headers)
+
+    def _rate_limit_headers(
+        self, status: Mapping[str, RateLimitStatus], now: float
+    ) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = []
+        for name in ("requests", "tokens"):
+            state = status.get(name)
+            if state is not None:
+                headers.extend(
+                    [
+                        (f"x-ratelimit-limit-{name}", str(state.limit)),
+                        (f"x-ratelimit-remaining-{name}", str(state.remaining)),
+                        (f"x-ratelimit-reset-{name}", format_duration(state.reset)),
+                    ]
+                )
+        return headers
 
     def _malformed_reply(self, reply: Reply, fault: Malformed) -> Reply:
         if reply.tool_calls:
@@ -435,6 +557,8 @@ class OpenAIServer(ProviderServer):
             reply.input_tokens if reply.input_tokens is not None else request.input_tokens
         )
         cached = min(self._cached_tokens(request, reply), prompt_tokens)
+        reserved = _reserved_completion(body)
+        self._settle_rate_limits(request, {"tokens": prompt_tokens + max(reserved, output * n)})
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": output * n,
