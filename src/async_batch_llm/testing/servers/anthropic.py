@@ -37,7 +37,45 @@ tool-use names and JSON inputs), at least 1.
 Errors use ``{"type": "error", "error": {"type", "message"}, "request_id"}``
 with a ``request-id`` header; 429 is ``rate_limit_error`` (with
 ``retry-after``, whole seconds rounded up, ``retry-after-ms`` and
-``anthropic-ratelimit-*`` headers), 500 ``api_error``, 529 ``overloaded_error``.
+``anthropic-ratelimit-*`` headers, fixed figures unless rate limits are
+configured), 500 ``api_error``, 529 ``overloaded_error``.
+
+Rate limits (off by default): ``requests_per_minute``, ``input_tokens_per_minute``
+(ITPM), ``output_tokens_per_minute`` (OTPM) and ``tokens_per_minute`` (input plus
+output) are enforced on ``/v1/messages`` like Anthropic does, as token buckets
+refilling continuously at ``limit / 60`` per second that hold ``limit *
+rate_limit_window_seconds / 60`` (at least 1; the window defaults to 3 s), so a
+minute's worth can never be spent in one burst (see :mod:`._core`).  Accounting
+rule, per request:
+
+* admission charges 1 request, the whole prompt (the request's input token
+  count) to ITPM, ``max_tokens`` to OTPM and both to the combined limit;
+* once the reply is known, ITPM is charged the uncached input (``input_tokens +
+  cache_creation_input_tokens``: cache reads do not count, as on the real API),
+  OTPM the actual ``output_tokens`` (the unused part of ``max_tokens`` is
+  refunded, as Anthropic adjusts its OTPM estimate at the end of a request),
+  and the combined limit their sum;
+* a request that does not fit is answered 429 ``rate_limit_error`` naming the
+  limit that needs the longest wait, with ``retry-after`` (and
+  ``retry-after-ms``) giving that wait, and is not charged; one asking for more
+  than a per-minute limit itself gets a 429 without ``retry-after``.  Admitted
+  requests keep their admission charge when the answer is an error or a fault.
+
+With limits configured every ``/v1/messages`` answer (200, 429 and errors)
+carries the real headers of each configured limit:
+``anthropic-ratelimit-requests-limit``/``-remaining``/``-reset``,
+``anthropic-ratelimit-input-tokens-*``, ``anthropic-ratelimit-output-tokens-*``
+and ``anthropic-ratelimit-tokens-*`` (the combined limit if configured, otherwise
+whichever of the input/output limits has the least remaining, as Anthropic
+reports "the most restrictive limit").  ``limit`` is the per-minute figure,
+``remaining`` what the short-window bucket holds after this request (rounded
+down) and ``reset`` the RFC 3339 UTC time (by ``clock``) when the bucket is full
+again, e.g. ``2025-06-15T14:20:03.5Z`` (fractional seconds only when not whole).
+Headers set by a :class:`Reply` or :class:`ErrorResponse` win.  Counters:
+``rate_limit_admitted``, ``rate_limit_rejections`` (per limit name),
+``rate_limited_count``, ``rate_limit_charged`` (``"requests"``, ``"tokens"``,
+``"input_tokens"``, ``"output_tokens"``); ``rate_limit_status()`` gives each
+limit's state.
 
 Retries: the ``anthropic`` SDK retries 408/409/429/5xx (including 529) and
 connection errors twice by default, honouring ``retry-after-ms``/``retry-after``;
@@ -58,6 +96,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ._core import (
@@ -67,6 +106,8 @@ from ._core import (
     Malformed,
     ProviderRequest,
     ProviderServer,
+    RateLimitRejection,
+    RateLimitStatus,
     Reply,
     RequestDetails,
     Respond,
@@ -105,6 +146,28 @@ _ERROR_KINDS: dict[int, tuple[str, str]] = {
     529: ("overloaded_error", "Overloaded"),
 }
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+_LIMIT_WORDS = {
+    "requests": "requests",
+    "tokens": "tokens",
+    "input_tokens": "input tokens",
+    "output_tokens": "output tokens",
+}
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    """An RFC 3339 UTC time such as ``2025-06-15T14:20:03Z`` (milliseconds only when not 0)."""
+    millis = round(epoch_seconds * 1000)
+    moment = datetime.fromtimestamp(millis // 1000, tz=UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = millis % 1000
+    if fraction:
+        text += "." + f"{fraction:03d}".rstrip("0")
+    return text + "Z"
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int:
+    value = body.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _block_text(block: Any) -> str:
@@ -217,6 +280,12 @@ class AnthropicServer(ProviderServer):
         models: If given, only these models exist (others get 404 ``not_found_error``).
         prompt_caching: Honour ``cache_control`` breakpoints.
         cache_min_tokens: Smallest cacheable prefix in words (1024, as Sonnet/Opus).
+        requests_per_minute: Enforce this RPM on messages (``None``: no limit).
+        tokens_per_minute: Enforce this limit on input plus output tokens (``None``: no limit).
+        input_tokens_per_minute: Enforce this ITPM (``None``: no limit).
+        output_tokens_per_minute: Enforce this OTPM (``None``: no limit).
+        rate_limit_window_seconds: The window the per-minute limits are enforced over:
+            each bucket holds ``limit * window / 60`` (3 s: 5% of a minute's worth).
         api_key: If set, the key must match, otherwise 401 ``authentication_error``; it is
             read from ``Authorization: Bearer`` (what anthropic 2.x sends) or ``x-api-key``.
         host, port, raise_handler_errors: See :class:`ProviderServer`.
@@ -238,6 +307,11 @@ class AnthropicServer(ProviderServer):
         models: Collection[str] | None = None,
         prompt_caching: bool = True,
         cache_min_tokens: int = 1024,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        input_tokens_per_minute: int | None = None,
+        output_tokens_per_minute: int | None = None,
+        rate_limit_window_seconds: float = 3.0,
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -256,6 +330,15 @@ class AnthropicServer(ProviderServer):
         self.models = None if models is None else list(models)
         self.prompt_caching = prompt_caching
         self._cache = _BreakpointCache(cache_min_tokens)
+        self._configure_rate_limits(
+            {
+                "requests": requests_per_minute,
+                "tokens": tokens_per_minute,
+                "input_tokens": input_tokens_per_minute,
+                "output_tokens": output_tokens_per_minute,
+            },
+            rate_limit_window_seconds,
+        )
 
     def clear_prompt_cache(self) -> None:
         """Forget every cached prompt prefix."""
@@ -333,7 +416,7 @@ class AnthropicServer(ProviderServer):
             "request_id": request_id,
         }
         extra = [("request-id", request_id), *retry_after_headers(retry_after)]
-        if status == 429:
+        if status == 429 and not self.rate_limits:
             extra.extend(
                 [
                     ("anthropic-ratelimit-requests-limit", "50"),
@@ -342,6 +425,59 @@ class AnthropicServer(ProviderServer):
                 ]
             )
         return self._json_response(body, status=status, headers=[*extra, *headers])
+
+    # ------------------------------------------------------------ rate limits
+
+    def _rate_limit_reservation(self, request: ProviderRequest) -> dict[str, int]:
+        output = _max_tokens(request.body)
+        return {
+            "tokens": request.input_tokens + output,
+            "input_tokens": request.input_tokens,
+            "output_tokens": output,
+        }
+
+    def _rate_limit_error(self, rejection: RateLimitRejection) -> HTTPResponse:
+        what = f"{rejection.limit} {_LIMIT_WORDS[rejection.name]} per minute"
+        if rejection.retry_after is None:
+            message = (
+                f"This request would exceed your organization's rate limit of {what} "
+                f"on its own ({rejection.requested} requested). "
+                "Reduce the prompt length or the maximum tokens requested."
+            )
+        else:
+            message = (
+                f"This request would exceed your organization's rate limit of {what}. "
+                "Please try again later or contact sales to discuss your options for a "
+                "rate limit increase."
+            )
+        return self._error_response(429, message, retry_after=rejection.retry_after)
+
+    def _rate_limit_headers(
+        self, status: Mapping[str, RateLimitStatus], now: float
+    ) -> list[tuple[str, str]]:
+        shown: dict[str, RateLimitStatus] = {
+            name: state for name, state in status.items() if name != "tokens"
+        }
+        combined = status.get("tokens")
+        if combined is None:
+            candidates = [status[n] for n in ("input_tokens", "output_tokens") if n in status]
+            combined = min(candidates, key=lambda s: s.remaining) if candidates else None
+        if combined is not None:
+            shown["tokens"] = combined
+        headers: list[tuple[str, str]] = []
+        for name in ("requests", "tokens", "input_tokens", "output_tokens"):
+            state = shown.get(name)
+            if state is None:
+                continue
+            prefix = f"anthropic-ratelimit-{name.replace('_', '-')}"
+            headers.extend(
+                [
+                    (f"{prefix}-limit", str(state.limit)),
+                    (f"{prefix}-remaining", str(state.remaining)),
+                    (f"{prefix}-reset", format_timestamp(now + state.reset)),
+                ]
+            )
+        return headers
 
     # ------------------------------------------------------------- generation
 
@@ -379,6 +515,15 @@ class AnthropicServer(ProviderServer):
                 }
             )
         usage = self._usage(request, reply)
+        charged_input = usage["input_tokens"] + usage["cache_creation_input_tokens"]
+        self._settle_rate_limits(
+            request,
+            {
+                "tokens": charged_input + usage["output_tokens"],
+                "input_tokens": charged_input,
+                "output_tokens": usage["output_tokens"],
+            },
+        )
         message_id = self._next_id("msg_", 24)
         headers = [("request-id", self._next_id("req_", 24)), *reply.headers.items()]
         if body.get("stream") is True:
