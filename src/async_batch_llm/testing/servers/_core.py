@@ -16,7 +16,9 @@ enforced over a window of a few seconds, so a whole minute's worth can never be
 spent in one burst.  A request is admitted when every bucket holds what it asks
 for; a request that asks for more than a bucket can hold (but no more than the
 per-minute limit) is admitted when that bucket is full and leaves it in debt.
-Admission is all or nothing: a rejected request charges nothing.
+Admission is all or nothing: a rejected request charges nothing.  What refills
+within a millisecond (the resolution of ``retry-after-ms``) counts as there, so a
+client that waits exactly the advertised time is admitted.
 """
 
 from __future__ import annotations
@@ -615,6 +617,7 @@ RATE_LIMIT_NAMES = ("requests", "tokens", "input_tokens", "output_tokens")
 """Every rate-limit name a server may configure, in the order they are checked."""
 
 _EPSILON = 1e-9
+_SLACK_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -651,9 +654,12 @@ class _Bucket:
             self.updated = now
 
     def fits(self, amount: int) -> bool:
-        if amount <= self.level + _EPSILON:
+        # What refills within a millisecond (the resolution of ``retry-after-ms``) counts as
+        # there: an epoch clock's float steps must not turn a wait of 0 ms into a refusal.
+        slack = max(_EPSILON, self.rate * _SLACK_SECONDS)
+        if amount <= self.level + slack:
             return True
-        return self.level + _EPSILON >= self.capacity and amount <= self.limit
+        return self.level + slack >= self.capacity and amount <= self.limit
 
     def wait(self, amount: int) -> float:
         """Seconds until ``amount`` fits (without other traffic)."""
@@ -663,7 +669,7 @@ class _Bucket:
         return RateLimitStatus(
             limit=self.limit,
             capacity=self.capacity,
-            remaining=max(0, math.floor(self.level + _EPSILON)),
+            remaining=max(0, math.floor(self.level + max(_EPSILON, self.rate * _SLACK_SECONDS))),
             reset=max(0.0, (self.capacity - self.level) / self.rate),
         )
 
