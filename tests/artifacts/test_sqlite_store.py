@@ -303,6 +303,21 @@ def test_a_failed_write_is_atomic_and_chains_the_sqlite_error(db: Path) -> None:
         assert store.lookup("a") is not None
 
 
+def test_a_group_larger_than_one_statement_is_still_all_or_nothing(db: Path) -> None:
+    with SqliteArtifactStore(db) as store:
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "CREATE TRIGGER fail_last BEFORE INSERT ON records WHEN NEW.item_id = 'last' "
+                "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+            )
+        group = [make_record(str(i)) for i in range(5000)] + [make_record("last")]
+        with pytest.raises(ArtifactStoreError, match="disk on fire"):
+            store.write(group)
+        assert store.count() == 0
+        store.write(group[:-1])
+        assert store.count() == 5000
+
+
 def test_item_ids_with_lone_surrogates_are_stored_and_found(db: Path) -> None:
     with SqliteArtifactStore(db) as store:
         store.write([make_record("odd-\udc80", error="err \udcff", success=False)])

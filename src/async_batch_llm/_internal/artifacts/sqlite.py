@@ -57,11 +57,17 @@ _SCHEMA = (
     "created_at REAL NOT NULL)",
     "CREATE INDEX records_item_seq ON records (item_id, seq)",
 )
-_INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PARAMS = "(?,?,?,?,?,?,?,?,?,?)"
+_ROW_WIDTH = 10
+# Rows per INSERT statement (fewer if SQLite allows fewer variables: 999 before 3.32).
+_MAX_ROWS_PER_INSERT = 2048
 _LOOKUP = f"SELECT {_COLUMNS} FROM records WHERE item_id = ? ORDER BY seq DESC LIMIT 1"
 # SQLite's bare-column rule: with MAX(seq), the other columns come from the row holding it.
 _LATEST = f"SELECT {_COLUMNS}, MAX(seq) FROM records GROUP BY item_id"
 _COUNT = "SELECT COUNT(DISTINCT item_id) FROM records"
+
+# json.dumps with keyword arguments builds a new encoder per call; reuse one.
+_encode_usage = json.JSONEncoder(separators=(",", ":")).encode
 
 Row = tuple[Any, ...]
 
@@ -104,6 +110,8 @@ class SqliteArtifactStore(ArtifactStore):
         self._write_lock = threading.Lock()
         self._check_location()
         self._writer = self._open_and_validate()
+        variables = self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._max_rows = max(1, min(variables // _ROW_WIDTH, _MAX_ROWS_PER_INSERT))
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -266,7 +274,12 @@ class SqliteArtifactStore(ArtifactStore):
         return self._record(row)
 
     def write(self, records: Sequence[ArtifactRecord]) -> None:
-        """Append ``records`` in one transaction (``BEGIN IMMEDIATE`` … ``COMMIT``).
+        """Append ``records`` in one transaction.
+
+        Rows go in multi-row ``INSERT`` statements (up to 2048 rows each): a group that fits
+        one statement is committed by it, a larger group inside ``BEGIN IMMEDIATE`` …
+        ``COMMIT``. Few statements mean few GIL hand-overs, which keeps commits quick while
+        the event loop is busy.
 
         Raises:
             ArtifactStoreError: the store is closed, a record is malformed, or SQLite failed
@@ -286,7 +299,7 @@ class SqliteArtifactStore(ArtifactStore):
                     None if r.error is None else _text(r.error),
                     None if r.error_category is None else _text(r.error_category),
                     r.cost,
-                    json.dumps(dict(r.token_usage), separators=(",", ":")),
+                    _encode_usage(r.token_usage),
                     r.created_at,
                 )
                 for r in records
@@ -297,13 +310,19 @@ class SqliteArtifactStore(ArtifactStore):
             self._check_open()
             conn = self._writer
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(_INSERT, rows)
-                    conn.execute("COMMIT")
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                statements = list(_insert_statements(rows, self._max_rows))
+                if len(statements) == 1:
+                    # One statement is one transaction of its own: no BEGIN/COMMIT round trips.
+                    conn.execute(*statements[0])
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for sql, params in statements:
+                            conn.execute(sql, params)
+                        conn.execute("COMMIT")
+                    finally:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 raise self._io_error(f"commit {len(rows)} record(s)", exc) from exc
             self._records_written += len(rows)
@@ -376,6 +395,14 @@ class SqliteArtifactStore(ArtifactStore):
         return ArtifactRecord(
             row[0], row[1], bool(row[2]), kind, row[4], row[5], token_usage, row[6], row[7], row[9]
         )
+
+
+def _insert_statements(rows: list[Row], max_rows: int) -> Iterator[tuple[str, list[Any]]]:
+    """Split ``rows`` into multi-row ``INSERT`` statements of at most ``max_rows`` rows."""
+    for start in range(0, len(rows), max_rows):
+        chunk = rows[start : start + max_rows]
+        sql = f"INSERT INTO records ({_COLUMNS}) VALUES " + ",".join([_ROW_PARAMS] * len(chunk))
+        yield sql, [value for row in chunk for value in row]
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
