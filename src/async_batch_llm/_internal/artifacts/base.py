@@ -131,7 +131,7 @@ class ArtifactStore(ABC):
                     out.write(record_to_json_line(record))
                     out.write("\n")
                     written += 1
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ArtifactStoreError(
                 f"cannot export artifact store {self.path} to {target}: {exc}; check that the "
                 "destination directory exists and is writable"
