@@ -1,0 +1,174 @@
+"""The store interface the processor and the writer talk to, with what every store shares."""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from async_batch_llm._internal.artifacts.records import (
+    ArtifactRecord,
+    ArtifactStoreError,
+    record_to_json_line,
+)
+
+__all__ = ["ArtifactStore"]
+
+
+class ArtifactStore(ABC):
+    """Where results are journaled, one :class:`ArtifactRecord` per finished item.
+
+    Threading contract: :meth:`lookup` runs on the event-loop thread and :meth:`write` on the
+    single writer thread; the two may run at the same time and implementations must allow it.
+    Records are append-only: writing a record for an ``item_id`` that already has one keeps the
+    old one as history, and every read answers with the latest.
+
+    Attributes:
+        path: the file the store lives in.
+        output_type: pydantic model class of the outputs (needed to store and replay models),
+            or ``None``.
+        version: user version string mixed into every fingerprint; change it to invalidate
+            all earlier records without deleting them.
+        commit_interval: seconds the writer waits at most between group commits while busy.
+    """
+
+    path: Path
+    output_type: type | None
+    version: str | None
+    commit_interval: float
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        output_type: type | None,
+        version: str | None,
+        commit_interval: float,
+    ) -> None:
+        if not isinstance(output_type, type | None):
+            raise TypeError(f"output_type must be a class or None, got {output_type!r}")
+        if version is not None and not isinstance(version, str):
+            raise TypeError(f"version must be a str or None, got {version!r}")
+        if (
+            isinstance(commit_interval, bool)
+            or not isinstance(commit_interval, int | float)
+            or not math.isfinite(commit_interval)
+            or commit_interval <= 0
+        ):
+            raise ValueError(f"commit_interval must be > 0, got {commit_interval!r}")
+        self.path = Path(os.fspath(path))
+        self.output_type = output_type
+        self.version = version
+        self.commit_interval = float(commit_interval)
+        self._closed = False
+        self._records_written = 0
+
+    @abstractmethod
+    def lookup(self, item_id: str) -> ArtifactRecord | None:
+        """Return the latest record for ``item_id``, or ``None`` if it has none.
+
+        Called on the event-loop thread for every item of a resumed run, so it must be fast
+        (about 10 µs on SQLite with a million records).
+
+        Raises:
+            ArtifactStoreError: the store is closed or could not be read.
+        """
+
+    @abstractmethod
+    def write(self, records: Sequence[ArtifactRecord]) -> None:
+        """Append ``records`` durably, all of them or none (one group commit).
+
+        Called on the writer thread. When it returns, the records survive the process being
+        killed.
+
+        Raises:
+            ArtifactStoreError: the store is closed or the write failed (the underlying
+                ``OSError`` / ``sqlite3.Error`` is chained).
+        """
+
+    @abstractmethod
+    def iter_latest(self) -> Iterator[ArtifactRecord]:
+        """Yield the latest record of every item, without loading the whole store at once.
+
+        Raises:
+            ArtifactStoreError: the store is closed or could not be read.
+        """
+
+    @abstractmethod
+    def count(self) -> int:
+        """Return the number of distinct item ids that have a record.
+
+        Raises:
+            ArtifactStoreError: the store is closed or could not be read.
+        """
+
+    def export_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Write the latest record of every item to ``path`` as JSON Lines, streaming.
+
+        Each line is one JSON object with the keys ``item_id``, ``fingerprint``, ``success``,
+        ``output_kind``, ``output``, ``error``, ``error_category``, ``cost``, ``token_usage``
+        and ``created_at``. ``output`` is embedded decoded: a string output as a JSON string, a
+        JSON value or a pydantic model as the JSON value itself. An existing file is replaced.
+
+        Args:
+            path: destination file.
+
+        Returns:
+            The number of lines written.
+
+        Raises:
+            ArtifactStoreError: the store could not be read or the file could not be written.
+        """
+        target = Path(os.fspath(path))
+        written = 0
+        try:
+            with target.open("w", encoding="utf-8", newline="\n") as out:
+                for record in self.iter_latest():
+                    out.write(record_to_json_line(record))
+                    out.write("\n")
+                    written += 1
+        except (OSError, ValueError) as exc:
+            raise ArtifactStoreError(
+                f"cannot export artifact store {self.path} to {target}: {exc}; check that the "
+                "destination directory exists and is writable"
+            ) from exc
+        return written
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release the store's files and connections. Idempotent; reads and writes then fail."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ArtifactStoreError(
+                f"artifact store {self.path} is closed; open a new store object to use it again"
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        output_type = None if self.output_type is None else self.output_type.__qualname__
+        return (
+            f"<{type(self).__name__} path={str(self.path)!r} {state} "
+            f"written={self._records_written} output_type={output_type} "
+            f"version={self.version!r}>"
+        )

@@ -1,0 +1,304 @@
+"""The single writer: one thread that group-commits records while the event loop keeps working.
+
+Workers hand a record over with :meth:`ArtifactWriter.submit` (a deque append, plus a wake-up only
+when the thread sleeps idle) and take the next item; they never wait for the disk. The thread
+takes everything pending, commits it with one :meth:`ArtifactStore.write`, and schedules the
+``on_committed`` callback on the loop with the payloads of that group, in submit order. While
+records keep coming it commits at most once per ``commit_interval``; after an idle spell the
+first record is committed at once.
+
+The thread is the only consumer of the queue, so every submitted payload reaches exactly one
+callback, in submit order, even after a failure: once a write fails the writer is dead, and
+that group and every later payload go to ``on_failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from async_batch_llm._internal.artifacts.base import ArtifactStore
+from async_batch_llm._internal.artifacts.records import ArtifactRecord
+
+__all__ = ["ArtifactWriter", "WriterStatistics"]
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class WriterStatistics:
+    """A snapshot of an :class:`ArtifactWriter`.
+
+    Attributes:
+        submitted: records handed to :meth:`ArtifactWriter.submit`.
+        committed: records written by a successful group commit.
+        pending: records neither committed nor routed to ``on_failed`` yet.
+        commits: successful group commits.
+        max_lag: longest time, in seconds, from a submit to the commit of its record.
+        last_lag: the longest such time within the most recent commit.
+        failed: the exception that killed the writer, or ``None``.
+    """
+
+    submitted: int
+    committed: int
+    pending: int
+    commits: int
+    max_lag: float
+    last_lag: float
+    failed: BaseException | None
+
+
+class ArtifactWriter(Generic[P]):
+    """Commits records on a thread of its own and reports back on the event loop.
+
+    Args:
+        store: where the records go; only this writer's thread calls its ``write``.
+        loop: the event loop the callbacks run on (the loop that calls :meth:`submit`).
+        on_committed: called on the loop with the payloads of each committed group, in
+            submit order.
+        on_failed: called on the loop with the write's exception and payloads, for the group
+            whose write failed and for every payload submitted after it.
+        commit_interval: seconds between group commits while busy; ``None`` takes the store's.
+
+    Raises:
+        ValueError: ``commit_interval`` is not a finite number > 0.
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_committed: Callable[[list[P]], None],
+        on_failed: Callable[[BaseException, list[P]], None],
+        commit_interval: float | None = None,
+    ) -> None:
+        interval = store.commit_interval if commit_interval is None else commit_interval
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int | float)
+            or not math.isfinite(interval)
+            or interval <= 0
+        ):
+            raise ValueError(f"commit_interval must be > 0, got {interval!r}")
+        self._store = store
+        self._loop = loop
+        self._on_committed = on_committed
+        self._on_failed = on_failed
+        self._interval = float(interval)
+
+        # (record, payload, monotonic submit time); appended on the loop, popped on the thread.
+        self._queue: deque[tuple[ArtifactRecord, P, float]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._idle = False  # the thread waits on _cond with nothing queued
+        self._hurry = False  # a drain() waits: skip the rest of the commit interval
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._done: asyncio.Future[None] | None = None
+
+        # Counters. submitted and delivered change on the loop thread; the others on the writer
+        # thread (single writers each, read anywhere).
+        self._submitted = 0
+        self._committed = 0
+        self._routed_failed = 0
+        self._commits = 0
+        self._max_lag = 0.0
+        self._last_lag = 0.0
+        self._failed: BaseException | None = None
+        self._delivered = 0
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def start(self) -> None:
+        """Start the writer thread (a daemon). Calling it again does nothing.
+
+        Raises:
+            RuntimeError: the writer was closed.
+        """
+        if self._closed:
+            raise RuntimeError("ArtifactWriter is closed; create a new one")
+        if self._thread is not None:
+            return
+        self._done = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, name="async-batch-llm-artifact-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, record: ArtifactRecord, payload: P) -> None:
+        """Queue ``record``; ``payload`` comes back through exactly one callback.
+
+        Never blocks and never fails on account of the store: after a failed write the payload
+        is routed to ``on_failed``. Call on the loop thread.
+
+        Raises:
+            RuntimeError: the writer was closed.
+        """
+        if self._closed:
+            raise RuntimeError("ArtifactWriter is closed; the record was not accepted")
+        self._queue.append((record, payload, time.monotonic()))
+        self._submitted += 1
+        if self._idle:
+            with self._cond:
+                self._cond.notify()
+
+    async def drain(self) -> None:
+        """Return once everything submitted before the call is committed or failed and its
+        callback has run on the loop.
+
+        Raises:
+            RuntimeError: records are pending but the writer was never started.
+        """
+        target = self._submitted
+        if self._delivered >= target:
+            return
+        if self._thread is None:
+            raise RuntimeError("ArtifactWriter.drain() with records pending: call start() first")
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._drain_waiters.append((target, waiter))
+        with self._cond:
+            self._hurry = True
+            self._cond.notify()
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            self._drain_waiters = [(t, w) for t, w in self._drain_waiters if w is not waiter]
+
+    async def close(self) -> None:
+        """Drain, then stop the thread and wait for it without blocking the loop. Idempotent.
+
+        Later :meth:`submit` calls raise :class:`RuntimeError`.
+        """
+        if self._closed:
+            if self._done is not None:
+                await asyncio.shield(self._done)
+            return
+        await self.drain()
+        self._closed = True
+        if self._thread is None or self._done is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        await asyncio.shield(self._done)
+        # The thread resolved _done as its last act; joining it now is immediate.
+        self._thread.join()
+
+    def statistics(self) -> WriterStatistics:
+        """Return a snapshot of the counters (see :class:`WriterStatistics`)."""
+        committed = self._committed
+        routed = self._routed_failed
+        return WriterStatistics(
+            submitted=self._submitted,
+            committed=committed,
+            pending=self._submitted - committed - routed,
+            commits=self._commits,
+            max_lag=self._max_lag,
+            last_lag=self._last_lag,
+            failed=self._failed,
+        )
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        state = "failed" if stats.failed else "closed" if self._closed else "running"
+        return (
+            f"<ArtifactWriter {state} submitted={stats.submitted} committed={stats.committed} "
+            f"pending={stats.pending} commits={stats.commits} max_lag={stats.max_lag:.3f}s>"
+        )
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop_until_stopped()
+        finally:
+            self._call_soon(self._finish)
+
+    def _loop_until_stopped(self) -> None:
+        queue = self._queue
+        cond = self._cond
+        last_commit = -math.inf
+        while True:
+            with cond:
+                while not queue:
+                    if self._stopping:
+                        return
+                    # Announce idleness before the last look at the queue: a submit that
+                    # appends after this look sees _idle and notifies (it needs the lock, which
+                    # wait() releases), so no wake-up is lost.
+                    self._idle = True
+                    if queue:
+                        self._idle = False
+                        break
+                    cond.wait()
+                    self._idle = False
+                remaining = last_commit + self._interval - time.monotonic()
+                if remaining > 0 and self._failed is None:
+                    cond.wait_for(lambda: self._stopping or self._hurry, timeout=remaining)
+                self._hurry = False
+            batch = [queue.popleft() for _ in range(len(queue))]
+            if self._failed is not None:
+                self._route_failed(self._failed, batch)
+                continue
+            last_commit = time.monotonic()
+            try:
+                self._store.write([record for record, _, _ in batch])
+            except BaseException as exc:
+                self._failed = exc
+                self._route_failed(exc, batch)
+                continue
+            now = time.monotonic()
+            lag = now - batch[0][2]
+            self._last_lag = lag
+            if lag > self._max_lag:
+                self._max_lag = lag
+            self._committed += len(batch)
+            self._commits += 1
+            payloads = [payload for _, payload, _ in batch]
+            self._call_soon(self._deliver_committed, payloads)
+
+    def _route_failed(
+        self, exc: BaseException, batch: list[tuple[ArtifactRecord, P, float]]
+    ) -> None:
+        self._routed_failed += len(batch)
+        self._call_soon(self._deliver_failed, exc, [payload for _, payload, _ in batch])
+
+    def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # -- on the loop ---------------------------------------------------------------------------
+
+    def _deliver_committed(self, payloads: list[P]) -> None:
+        try:
+            self._on_committed(payloads)
+        finally:
+            self._delivered_up_to(len(payloads))
+
+    def _deliver_failed(self, exc: BaseException, payloads: list[P]) -> None:
+        try:
+            self._on_failed(exc, payloads)
+        finally:
+            self._delivered_up_to(len(payloads))
+
+    def _delivered_up_to(self, count: int) -> None:
+        self._delivered += count
+        if not self._drain_waiters:
+            return
+        delivered = self._delivered
+        for target, waiter in self._drain_waiters:
+            if target <= delivered and not waiter.done():
+                waiter.set_result(None)
+
+    def _finish(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)

@@ -1,0 +1,1 @@
+"""Tests of the artifact stores, the record encoding and the single writer."""
