@@ -67,6 +67,7 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "partial-recovery",
         "dry-run",
         "config-reference",
+        "resumable",
     }
     assert set(snippets()) == covered
 
@@ -299,3 +300,12 @@ def test_gemini_cached_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {r.model for r in server.requests if r.kind == "generate_content"} == {
         "gemini-2.0-flash"
     }
+
+
+def test_resumable_snippet_replays_what_was_committed_and_pays_the_rest_once() -> None:
+    _, printed = run_snippet("resumable")
+    assert printed.splitlines() == [
+        "100/100 succeeded, 60 replayed",
+        "calls paid: 100",
+        "label='99'",
+    ]

@@ -12,6 +12,12 @@ from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._strategies.gemini import GeminiCachedStrategy as GeminiCachedStrategy
 from async_batch_llm._strategies.gemini import GeminiStrategy
 from async_batch_llm._strategies.pydantic_ai import PydanticAIStrategy
+from async_batch_llm.artifacts import (
+    ArtifactStore,
+    JsonlArtifactStore,
+    ResumePolicy,
+    SqliteArtifactStore,
+)
 from async_batch_llm.base import (
     BatchProcessor,
     BatchResult,
@@ -51,6 +57,7 @@ from async_batch_llm.strategies import (
     RateLimitStrategy,
     TokenTrackingError,
 )
+from async_batch_llm.streaming import process_prompts, process_stream
 
 try:
     __version__: str = _dist_version("async-batch-llm")
@@ -106,6 +113,13 @@ __all__ = [
     "SimpleBatchProcessor",
     "SimpleWorkItem",
     "SimpleResult",
+    # Beyond 0.6.0 (spec BEYOND.md), after the 39 names of 0.6.0:
+    "ArtifactStore",
+    "SqliteArtifactStore",
+    "JsonlArtifactStore",
+    "ResumePolicy",
+    "process_stream",
+    "process_prompts",
 ]
-# GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__,
-# which lists exactly the 39 names of the published 0.6.0 API.
+# GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
+# the first 39 names are exactly those of the published 0.6.0 API.

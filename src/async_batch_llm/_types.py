@@ -6,6 +6,7 @@ strategies, observers and middleware modules can import them without importing t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
@@ -169,6 +170,9 @@ class WorkItemResult(Generic[TOutput, TContext]):
     context: TContext | None = None
     token_usage: TokenUsage = field(default_factory=_zero_usage)
     gemini_safety_ratings: dict[str, str] | None = None
+    replayed_from_artifact: bool = False
+    """``True`` when this result was read back from an artifact store instead of being computed
+    in this run (no call was made for it; ``token_usage`` is what the original run spent)."""
 
 
 @dataclass
@@ -202,6 +206,33 @@ class BatchResult(Generic[TOutput, TContext]):
         self.total_input_tokens = input_tokens
         self.total_output_tokens = output_tokens
         self.total_cached_tokens = cached
+
+    def to_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Write every result to ``path`` as JSON Lines (one result per line); returns the count.
+
+        Outputs are written as the artifact stores hold them (strings, JSON values, pydantic
+        models as their fields); contexts are not written.
+
+        Raises:
+            UnstorableOutputError: an output has no JSON form (the message names the item).
+        """
+        from async_batch_llm._internal.artifacts.results_io import write_results
+
+        return write_results(self.results, path)
+
+    @classmethod
+    def from_jsonl(
+        cls, path: str | os.PathLike[str], *, output_type: type | None = None
+    ) -> BatchResult[Any, None]:
+        """Read a file written by :meth:`to_jsonl` back into a ``BatchResult``.
+
+        Args:
+            path: the JSON Lines file.
+            output_type: the pydantic model of model outputs (else they come back as dicts).
+        """
+        from async_batch_llm._internal.artifacts.results_io import read_results
+
+        return BatchResult(results=list(read_results(path, output_type)))
 
     def cache_hit_rate(self) -> float:
         """Cached input tokens as a percentage (0..100) of input tokens; 0.0 with no input."""

@@ -32,13 +32,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Literal, Self, cast
 
+from async_batch_llm._internal.artifacts.base import ArtifactStore
+from async_batch_llm._internal.artifacts.records import ArtifactStoreError, ResumePolicy
 from async_batch_llm._internal.backoff import is_validation_like, retry_wait
 from async_batch_llm._internal.clock import Clock, LoopClock
 from async_batch_llm._internal.cooldown import CooldownCoordinator
 from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
 from async_batch_llm._internal.events import OBSERVER_CALLBACK_TIMEOUT, dispatch
+from async_batch_llm._internal.journal import ItemEvent, Journal, Published
 from async_batch_llm._internal.limiter import RequestLimiter
 from async_batch_llm._internal.retry_after import retry_after_seconds
+from async_batch_llm._internal.source import Feed
 from async_batch_llm._internal.tokens import add_usage, usage_from_exception
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._types import (
@@ -276,6 +280,18 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._needs_cleanup: list[weakref.ref[LLMCallStrategy[Any]] | LLMCallStrategy[Any]] = []
         self._prepare_lock = asyncio.Lock()
         self._progress_interval = 10
+        # Where published results go: the result list of process_all(), or a stream's channel.
+        self._sink: Callable[[WorkItemResult[TOutput, TContext]], None] = self._results.append
+        # A lazy source of items (process_stream) read after the queue, or None.
+        self._feed: Feed[TInput, TOutput, TContext] | None = None
+        # Set by ParallelBatchProcessor when it has an artifact store (see _internal/journal.py).
+        self._journal: Journal[TInput, TOutput, TContext] | None = None
+        # Item events held back until the item's record is committed (journaling only).
+        self._deferred: dict[str, ItemEvent] = {}
+        # Committed results waiting for observers / the post-processor (journaling only).
+        self._publish_queue: asyncio.Queue[Published | None] | None = None
+        # Why the batch stopped taking items (the store failed), or None.
+        self._halt: ArtifactStoreError | None = None
 
     # ----------------------------------------------------------------------------- queueing
 
@@ -328,24 +344,54 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._started = True
         self._stats = ProcessingStats(total=len(self._queue), start_time=time.time())
         self._results = []
+        self._sink = self._results.append
+        await self._run_batch()
+        batch = BatchResult(results=list(self._results))
+        halt = self._halt
+        if halt is not None:
+            halt.partial_result = batch
+            raise halt
+        return batch
+
+    async def _run_batch(self) -> None:
+        """Run the workers over the queue (then the feed, if any) and publish every result."""
         start_time = self._stats.start_time
         await self._before_batch()
         await self._emit(
             ProcessingEvent.BATCH_STARTED,
             {"total": self._stats.total, "max_workers": self.max_workers, "start_time": start_time},
         )
+        journal = self._journal
+        if journal is not None:
+            journal.start(asyncio.get_running_loop(), self._on_committed, self._on_write_failed)
         try:
             async with asyncio.TaskGroup() as group:
-                for worker_id in range(self.max_workers):
-                    task = group.create_task(self._worker_loop(worker_id))
-                    self._worker_tasks.add(task)
-                    task.add_done_callback(self._worker_tasks.discard)
+                publish_queue = self._publish_queue
+                publishers = (
+                    [group.create_task(self._publisher()) for _ in range(self.max_workers)]
+                    if publish_queue is not None
+                    else []
+                )
+                async with asyncio.TaskGroup() as workers:
+                    for worker_id in range(self.max_workers):
+                        task = workers.create_task(self._worker_loop(worker_id))
+                        self._worker_tasks.add(task)
+                        task.add_done_callback(self._worker_tasks.discard)
+                self._fail_unstarted()
+                if journal is not None:
+                    await journal.drain()
+                for _ in publishers:
+                    assert publish_queue is not None
+                    publish_queue.put_nowait(None)
         except BaseException:
             # Spec D10: a cancelled batch leaves no task of ours running, callbacks included.
             await self._cancel_progress_tasks()
             raise
         finally:
             self._queue.clear()
+            if journal is not None:
+                # What the workers handed over was paid for: commit it even when cancelled.
+                await journal.close()
         await self._await_progress_started()
         stats = self._stats
         await self._emit(
@@ -360,7 +406,6 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 "duration": time.time() - (start_time or 0.0),
             },
         )
-        return BatchResult(results=list(self._results))
 
     async def _before_batch(self) -> None:
         """Set up per-run state (subclass hook)."""
@@ -382,7 +427,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
     def _record(self, result: WorkItemResult[TOutput, TContext]) -> None:
         """Store a result and update the statistics; schedule the progress callback if due."""
-        self._results.append(result)
+        self._sink(result)
         stats = self._stats
         stats.processed += 1
         if result.success:
@@ -425,6 +470,70 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             base_logger.warning("post-processor timed out for item %s", result.item_id)
         except Exception:
             base_logger.exception("post-processor failed for item %s", result.item_id)
+
+    # ----------------------------------------------------------------------------- publishing
+
+    def _publish(self, result: WorkItemResult[TOutput, TContext], event: ItemEvent | None) -> None:
+        """Make a committed (or replayed) result visible to the caller and the hooks.
+
+        Without observers or a post-processor that is synchronous; otherwise the publisher
+        tasks deliver the held-back event, record the result and run the post-processor, in
+        that order (the order of a run without a store).
+        """
+        queue = self._publish_queue
+        if queue is None:
+            self._record(result)
+        else:
+            queue.put_nowait((result, event))
+
+    def _on_committed(self, batch: list[Published]) -> None:
+        """The writer committed these records (runs on the loop, in submission order)."""
+        for result, event in batch:
+            self._publish(result, event)
+
+    def _on_write_failed(self, exc: BaseException, batch: list[Published]) -> None:
+        """The store could not commit: stop taking items; still return every result made."""
+        if self._halt is None:
+            store = self._journal.store if self._journal is not None else None
+            halt = ArtifactStoreError(
+                f"the artifact store {store!r} failed while writing, so the batch stopped: "
+                f"{type(exc).__name__}: {exc}. Results committed before stay readable; the "
+                "results not committed are still returned (ArtifactStoreError.partial_result "
+                "for process_all())"
+            )
+            halt.__cause__ = exc
+            self._halt = halt
+            logger.error("%s", halt)
+        for result, event in batch:
+            self._publish(result, event)
+
+    async def _publisher(self) -> None:
+        queue = self._publish_queue
+        assert queue is not None
+        post = self.post_processor
+        while (entry := await queue.get()) is not None:
+            result, event = entry
+            if event is not None:
+                await self._emit(event[0], event[1])
+            self._record(result)
+            if post is not None:
+                await self._run_post_processor(result)
+
+    def _fail_unstarted(self) -> None:
+        """Give each item the batch stopped before starting a failure result of its own."""
+        halt = self._halt
+        if halt is None:
+            return
+        error = f"NotStarted: the batch stopped before this item: {halt}"[:500]
+        leftovers: list[LLMWorkItem[TInput, TOutput, TContext]] = list(self._queue)
+        self._queue.clear()
+        if self._feed is not None:
+            leftovers.extend(self._feed.take_waiting())
+        for item in leftovers:
+            failed = WorkItemResult[TOutput, TContext](
+                item_id=item.item_id, success=False, error=error, context=item.context
+            )
+            self._publish(failed, None)
 
     # ----------------------------------------------------------------------------- progress
 
@@ -595,6 +704,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         progress_callback: ``(completed, total, item_id)`` every ``progress_interval`` items.
         clock: time source for cooldowns, backoff waits, slow start and the request limiter
             (tests pass :class:`async_batch_llm.testing.clock.FakeClock`).
+        artifact_store: journal every result here before it is published (see
+            :mod:`async_batch_llm.artifacts`); ``None`` keeps results in memory only.
+        resume: which stored results to reuse instead of calling again
+            (:class:`~async_batch_llm.artifacts.ResumePolicy` or its value); needs a store.
     """
 
     def __init__(
@@ -611,6 +724,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         progress_callback: ProgressCallbackFunc | None = None,
         *,
         clock: Clock | None = None,
+        artifact_store: ArtifactStore | None = None,
+        resume: ResumePolicy | str = ResumePolicy.NONE,
     ) -> None:
         for name, value in (
             ("max_workers", max_workers),
@@ -695,6 +810,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._now: Callable[[], float] = self._clock.time  # refined by _before_batch
         self._cooldown = CooldownCoordinator(self.rate_limit_strategy, self._clock, self._emit)
         self._limiter: RequestLimiter | None = None
+        self.artifact_store = artifact_store
+        self.resume = _resume_policy(resume, artifact_store)
         # One reusable attempt deadline per running worker (cheaper than asyncio.timeout).
         self._deadlines: dict[int, TaskDeadline] = {}
 
@@ -717,6 +834,15 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self.max_workers = config.max_workers
         self._progress_interval = config.progress_interval
         self.progress_callback_timeout = config.progress_callback_timeout
+        store = self.artifact_store
+        self._journal = Journal(store, self.resume) if store is not None else None
+        self._deferred = {}
+        self._halt = None
+        self._publish_queue = (
+            asyncio.Queue()
+            if store is not None and (self.observers or self.post_processor is not None)
+            else None
+        )
         rpm = config.max_requests_per_minute
         if rpm is not None and self._limiter is None:
             self._limiter = RequestLimiter(rpm, 60.0, self._clock)
@@ -741,8 +867,24 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         config = self.config
         prepared = self._prepared_by_id
         now = self._now
-        while queue:
-            item = queue.popleft()
+        feed = self._feed
+        journal = self._journal
+        deferred = self._deferred
+        while True:
+            if queue:
+                item = queue.popleft()
+            elif feed is None or (pulled := await feed.get()) is None:
+                break
+            else:
+                item = pulled
+            if self._halt is not None:  # the store failed: leave the rest to _fail_unstarted
+                queue.appendleft(item)
+                break
+            if journal is not None and journal.replaying:
+                replayed = journal.replay(item)
+                if replayed is not None:
+                    self._publish(replayed, journal.replay_event(replayed))
+                    continue
             if cooldown.paused:
                 await cooldown.wait_resumed()
             if cooldown.slow_start_active:
@@ -823,17 +965,21 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                             item.item_id, True, output, None, item.context, usage
                         )
                         if observers:
-                            await dispatch(
-                                observers,
-                                ProcessingEvent.ITEM_COMPLETED,
-                                {
-                                    "item_id": item.item_id,
-                                    "duration": now() - started,
-                                    "tokens": usage.get("total_tokens", 0),
-                                },
-                                OBSERVER_CALLBACK_TIMEOUT,
-                                deadline,
-                            )
+                            data = {
+                                "item_id": item.item_id,
+                                "duration": now() - started,
+                                "tokens": usage.get("total_tokens", 0),
+                            }
+                            if journal is not None:  # published once committed
+                                deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
+                            else:
+                                await dispatch(
+                                    observers,
+                                    ProcessingEvent.ITEM_COMPLETED,
+                                    data,
+                                    OBSERVER_CALLBACK_TIMEOUT,
+                                    deadline,
+                                )
                         if cooldown.consecutive:
                             cooldown.reset_consecutive()
                     else:
@@ -847,9 +993,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     context=item.context,
                     token_usage={},
                 )
-            self._record(result)
-            if post is not None:
-                await self._run_post_processor(result)
+            if journal is not None:
+                journal.submit(item, result, deferred.pop(item.item_id, None))
+            else:
+                self._record(result)
+                if post is not None:
+                    await self._run_post_processor(result)
         deadline.close()
         if self._deadlines.get(worker_id) is deadline:
             del self._deadlines[worker_id]
@@ -947,11 +1096,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if supplied is not None:
                 if spent:  # the failed attempts still cost tokens (D9)
                     supplied.token_usage = _merged_usage(spent, supplied.token_usage)
-                if not supplied.success and self.observers:
-                    await self._emit(
-                        ProcessingEvent.ITEM_FAILED,
-                        {"item_id": item.item_id, "error_type": type(exc).__name__},
-                    )
+                if not supplied.success:
+                    await self._item_failed(item.item_id, exc)
                 return supplied
         usage: TokenUsage
         if spent is not None:  # attempts ran: report what they cost, zeros included
@@ -963,11 +1109,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             }
         else:  # prepare() failed: no attempt ran
             usage = {}
-        if self.observers:
-            await self._emit(
-                ProcessingEvent.ITEM_FAILED,
-                {"item_id": item.item_id, "error_type": type(exc).__name__},
-            )
+        await self._item_failed(item.item_id, exc)
         return WorkItemResult(
             item_id=item.item_id,
             success=False,
@@ -975,6 +1117,15 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             context=item.context,
             token_usage=usage,
         )
+
+    async def _item_failed(self, item_id: str, exc: Exception) -> None:
+        """``ITEM_FAILED`` now, or once the item's record is committed when journaling."""
+        if self.observers:
+            data = {"item_id": item_id, "error_type": type(exc).__name__}
+            if self._journal is not None:
+                self._deferred[item_id] = (ProcessingEvent.ITEM_FAILED, data)
+            else:
+                await self._emit(ProcessingEvent.ITEM_FAILED, data)
 
     async def _attempt(
         self,
@@ -1065,17 +1216,21 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if self.middlewares:
             result = await self._middleware_after(result)
         if observing:
-            await dispatch(
-                observers,
-                ProcessingEvent.ITEM_COMPLETED,
-                {
-                    "item_id": item.item_id,
-                    "duration": now() - started,
-                    "tokens": usage.get("total_tokens", 0),
-                },
-                OBSERVER_CALLBACK_TIMEOUT,
-                deadline,
-            )
+            data = {
+                "item_id": item.item_id,
+                "duration": now() - started,
+                "tokens": usage.get("total_tokens", 0),
+            }
+            if self._journal is not None:  # published once committed
+                self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
+            else:
+                await dispatch(
+                    observers,
+                    ProcessingEvent.ITEM_COMPLETED,
+                    data,
+                    OBSERVER_CALLBACK_TIMEOUT,
+                    deadline,
+                )
         cooldown = self._cooldown
         if cooldown.consecutive:
             cooldown.reset_consecutive()
@@ -1160,6 +1315,25 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if supplied is not None:
                 return supplied
         return None
+
+
+def _resume_policy(resume: object, store: object) -> ResumePolicy:
+    """Validate ``resume`` (a :class:`ResumePolicy` or its value) against ``artifact_store``."""
+    if store is not None and not isinstance(store, ArtifactStore):
+        raise TypeError(
+            "artifact_store must be an ArtifactStore (SqliteArtifactStore, JsonlArtifactStore or "
+            f"a subclass), got {type(store).__name__}: {store!r:.100}"
+        )
+    try:
+        policy = ResumePolicy(resume)
+    except ValueError:
+        allowed = ", ".join(repr(p.value) for p in ResumePolicy)
+        raise ValueError(f"resume must be one of {allowed}, got {resume!r:.100}") from None
+    if policy is not ResumePolicy.NONE and store is None:
+        raise ValueError(
+            f"resume={policy.value!r} reuses stored results, so it needs an artifact_store"
+        )
+    return policy
 
 
 def _merged_usage(spent: dict[str, int], final: Mapping[str, Any]) -> TokenUsage:

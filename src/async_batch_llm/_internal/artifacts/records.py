@@ -13,9 +13,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    from async_batch_llm._types import BatchResult
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -51,7 +54,13 @@ class ArtifactStoreError(Exception):
     Raised for misuse (a path that is not a store of ours, a file from a newer release, a file
     another writer holds) and for I/O or database failures, which are chained as ``__cause__``.
     The message names the file, what went wrong and what to do about it.
+
+    Attributes:
+        partial_result: when a store failed during ``process_all()``, every result of the batch
+            (committed or not, plus a ``NotStarted`` failure for each item never started).
     """
+
+    partial_result: BatchResult[Any, Any] | None = None
 
 
 class ArtifactStoreWarning(RuntimeWarning):
