@@ -496,8 +496,12 @@ class AdmissionGate:
         if self._dimensions is None:
             buckets = ", ".join(f"{dim}={limit:g}/min" for dim, limit in self._declared.items())
         else:
+            try:
+                now: float | None = self._clock.time()
+            except RuntimeError:  # a loop clock read outside its loop: show the last levels
+                now = None
             buckets = ", ".join(
-                f"{dim}={entry.bucket.level:.6g}/{entry.bucket.capacity:.6g} "
+                f"{dim}={_level_at(entry.bucket, now):.6g}/{entry.bucket.capacity:.6g} "
                 f"({entry.limit:g}/min {entry.source})"
                 for dim, entry in self._dimensions.items()
             )
@@ -505,6 +509,10 @@ class AdmissionGate:
             f"AdmissionGate(scope={self.scope!r}, {buckets or 'unlimited'}, "
             f"waiting={len(self._waiters)}, reservations={self._reservations})"
         )
+
+
+def _level_at(bucket: TokenBucket, now: float | None) -> float:
+    return bucket.level if now is None else bucket.refill(now)
 
 
 class GateRegistry:
