@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -448,7 +449,7 @@ def test_registry_from_config_uses_the_max_fields_quotas_and_burst() -> None:
         ({"margin": -0.1}, "margin must be >= 0 and < 1, got -0.1"),
     ],
 )
-def test_gate_rejects_bad_burst_and_margin(kwargs: dict[str, float], message: str) -> None:
+def test_gate_rejects_bad_burst_and_margin(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message}$"):
         AdmissionGate("s", {}, FakeClock(), **kwargs)
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from async_batch_llm._internal.quota_types import TokenEstimate
 
 if TYPE_CHECKING:
-    from async_batch_llm._strategies.base import LLMCallStrategy
     from async_batch_llm._types import RetryState
 
 __all__ = [
@@ -113,7 +112,7 @@ class CharacterTokenEstimator:
         self,
         prompt: Any,
         *,
-        strategy: LLMCallStrategy[Any] | None = None,
+        strategy: object = None,
         attempt: int = 1,
         state: RetryState | None = None,
     ) -> TokenEstimate:
@@ -218,7 +217,7 @@ class LearningEstimator:
         self,
         prompt: Any,
         *,
-        strategy: LLMCallStrategy[Any] | None = None,
+        strategy: object = None,
         attempt: int = 1,
         state: RetryState | None = None,
     ) -> TokenEstimate:

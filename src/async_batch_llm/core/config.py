@@ -326,6 +326,7 @@ class ProcessorConfig:
                 "max_requests_per_minute must be > 0 or None, got "
                 f"{self.max_requests_per_minute!r} (None disables proactive rate limiting)"
             )
+        self._validate_quota_limits()
         self.retry.validate()
         self.rate_limit.validate()
 
