@@ -93,6 +93,12 @@ def test_each_processor_config_gets_its_own_nested_configs() -> None:
                 "enable_detailed_logging",
                 "max_queue_size",
                 "dry_run",
+                "max_tokens_per_minute",
+                "max_input_tokens_per_minute",
+                "max_output_tokens_per_minute",
+                "token_estimator",
+                "quota_burst_seconds",
+                "quotas",
             ],
         ),
     ],
@@ -140,7 +146,8 @@ def test_processor_config_repr_lists_fields_in_order() -> None:
         "ProcessorConfig(max_workers=5, timeout_per_item=120.0, retry=RetryConfig("
     )
     assert text.index("rate_limit=") < text.index("max_requests_per_minute=")
-    assert text.endswith("max_queue_size=0, dry_run=False)")
+    assert "max_queue_size=0, dry_run=False, max_tokens_per_minute=None, " in text
+    assert text.endswith("quota_burst_seconds=None, quotas=None)")
 
 
 def test_spec_example_configuration_is_valid() -> None:

@@ -157,6 +157,12 @@ CONFIG_FIELDS: list[tuple[type, str, object, str]] = [
     (ProcessorConfig, "enable_detailed_logging", "no", "must be a bool"),
     (ProcessorConfig, "max_queue_size", None, "must be an int"),
     (ProcessorConfig, "dry_run", 0, "must be a bool"),
+    (ProcessorConfig, "max_tokens_per_minute", 1.5, "must be an int or None"),
+    (ProcessorConfig, "max_input_tokens_per_minute", True, "must be an int or None"),
+    (ProcessorConfig, "max_output_tokens_per_minute", "9", "must be an int or None"),
+    (ProcessorConfig, "token_estimator", 4, "must be callable or None"),
+    (ProcessorConfig, "quota_burst_seconds", "1", "an int, a float or None"),
+    (ProcessorConfig, "quotas", 5, "must be a Mapping or None"),
 ]
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from async_batch_llm._internal.backoff import capped_exponential
+from async_batch_llm._internal.quota_types import QuotaLimits, TokenEstimator
 
 __all__ = ["ProcessorConfig", "RateLimitConfig", "RetryConfig"]
 
@@ -51,6 +53,25 @@ def _check_number(name: str, value: object, *, optional: bool = False) -> None:
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+
+
+def _check_optional_int(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{name} must be an int or None, got {_describe(value)}")
+
+
+def _check_quotas(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise TypeError(f"quotas must be a Mapping or None, got {_describe(value)}")
+    for scope, limits in value.items():
+        if not isinstance(scope, str):
+            raise TypeError(f"quotas keys must be str (quota scopes), got {_describe(scope)}")
+        if not scope:
+            raise ValueError("quotas keys must be non-empty quota scopes, got ''")
+        if not isinstance(limits, QuotaLimits):
+            raise TypeError(f"quotas[{scope!r}] must be a QuotaLimits, got {_describe(limits)}")
 
 
 def _check_instance(name: str, value: object, cls: type) -> None:
@@ -207,14 +228,29 @@ class ProcessorConfig:
         enable_detailed_logging: stored, currently without effect.
         max_queue_size: bound of the work queue, ``0`` for unbounded (>= 0).
         dry_run: call ``strategy.dry_run()`` instead of ``execute()``.
+        max_tokens_per_minute: input plus output tokens per minute (> 0), or ``None``.
+        max_input_tokens_per_minute: input tokens per minute (> 0, at most
+            ``max_tokens_per_minute``), or ``None``.
+        max_output_tokens_per_minute: output tokens per minute (> 0, at most
+            ``max_tokens_per_minute``), or ``None``.
+        token_estimator: estimates each attempt's tokens before it is admitted (a
+            :class:`~async_batch_llm.quota.TokenEstimator`); ``None`` means a learning
+            estimator when a token limit is in force.
+        quota_burst_seconds: seconds of refill the quota buckets hold, i.e. the largest burst
+            (> 0, finite); ``None`` means about one second.
+        quotas: limits per quota scope (``LLMCallStrategy.quota_scope``); a listed scope uses
+            its :class:`~async_batch_llm.quota.QuotaLimits` instead of the ``max_*`` fields,
+            which apply to every other scope, each scope separately.
 
     Raises:
         TypeError: if a field has the wrong type (``retry`` must be a :class:`RetryConfig`,
             ``rate_limit`` a :class:`RateLimitConfig`).
         ValueError: if a number is NaN or out of range; own fields are checked first (in the
             order ``max_workers``, ``timeout_per_item``, ``progress_interval``,
-            ``progress_callback_timeout``, ``max_queue_size``, ``max_requests_per_minute``),
-            then ``retry`` and ``rate_limit``.
+            ``progress_callback_timeout``, ``max_queue_size``, ``max_requests_per_minute``,
+            the three token limits, ``quota_burst_seconds``, ``quotas``), then ``retry`` and
+            ``rate_limit``. An input or output limit above the total limit is contradictory
+            and raises ``ValueError``.
 
     Settings that are valid but probably unintended are logged as warnings on the
     ``async_batch_llm.core.config`` logger, never raised.
@@ -230,6 +266,12 @@ class ProcessorConfig:
     enable_detailed_logging: bool = False
     max_queue_size: int = 0
     dry_run: bool = False
+    max_tokens_per_minute: int | None = None
+    max_input_tokens_per_minute: int | None = None
+    max_output_tokens_per_minute: int | None = None
+    token_estimator: TokenEstimator | None = None
+    quota_burst_seconds: float | None = None
+    quotas: Mapping[str, QuotaLimits] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -251,6 +293,15 @@ class ProcessorConfig:
         _check_bool("enable_detailed_logging", self.enable_detailed_logging)
         _check_int("max_queue_size", self.max_queue_size)
         _check_bool("dry_run", self.dry_run)
+        _check_optional_int("max_tokens_per_minute", self.max_tokens_per_minute)
+        _check_optional_int("max_input_tokens_per_minute", self.max_input_tokens_per_minute)
+        _check_optional_int("max_output_tokens_per_minute", self.max_output_tokens_per_minute)
+        if self.token_estimator is not None and not callable(self.token_estimator):
+            raise TypeError(
+                f"token_estimator must be callable or None, got {_describe(self.token_estimator)}"
+            )
+        _check_number("quota_burst_seconds", self.quota_burst_seconds, optional=True)
+        _check_quotas(self.quotas)
 
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers!r}")
@@ -275,10 +326,37 @@ class ProcessorConfig:
                 "max_requests_per_minute must be > 0 or None, got "
                 f"{self.max_requests_per_minute!r} (None disables proactive rate limiting)"
             )
+        self._validate_quota_limits()
         self.retry.validate()
         self.rate_limit.validate()
 
         self._warn_about_unlikely_settings()
+
+    def _validate_quota_limits(self) -> None:
+        for name in (
+            "max_tokens_per_minute",
+            "max_input_tokens_per_minute",
+            "max_output_tokens_per_minute",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(
+                    f"{name} must be > 0 or None, got {value!r} (None leaves it unlimited)"
+                )
+        total = self.max_tokens_per_minute
+        for name in ("max_input_tokens_per_minute", "max_output_tokens_per_minute"):
+            part = getattr(self, name)
+            if total is not None and part is not None and part > total:
+                raise ValueError(
+                    f"{name} must be <= max_tokens_per_minute, got {name}={part!r} "
+                    f"and max_tokens_per_minute={total!r} (contradictory limits)"
+                )
+        burst = self.quota_burst_seconds
+        if burst is not None and not (math.isfinite(burst) and burst > 0):
+            raise ValueError(
+                f"quota_burst_seconds must be > 0 and finite, got {burst!r} "
+                "(None means about one second)"
+            )
 
     def _warn_about_unlikely_settings(self) -> None:
         if 0 < self.max_queue_size < self.max_workers:

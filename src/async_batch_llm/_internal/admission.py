@@ -1,0 +1,595 @@
+"""The admission gate: one per quota scope, reserving requests and tokens before each attempt.
+
+Every physical attempt first calls :meth:`AdmissionGate.reserve` with its
+:class:`TokenEstimate`. The gate takes one request and the estimated tokens from every bucket in
+force (requests, total, input and output tokens per minute) in one step, serving callers in
+strict FIFO order. When the attempt ends, the processor calls :meth:`Reservation.reconcile` with
+the usage the provider reported (refund or debt), or :meth:`Reservation.cancel` when the call
+never started (full refund).
+
+Pacing, not bursts: a per-minute limit ``L`` refills continuously at ``L / 60`` per second, and
+a bucket holds at most ``burst_seconds`` worth (at least one request). Token buckets pace at
+``(1 - margin)`` of the limit, the margin absorbing estimation error. See
+:meth:`TokenBucket.admission_need` for reservations larger than the burst.
+
+Limits come from the scope's declaration or, for an undeclared dimension, from the provider's
+rate-limit headers (:meth:`AdmissionGate.observe_headers`). Declared limits are never changed by
+headers, but a remaining/reset snapshot stricter than the local bucket lowers its level either
+way: the provider may count traffic this process cannot see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from async_batch_llm._internal.buckets import TokenBucket, snapshot_level
+from async_batch_llm._internal.clock import Clock
+from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
+from async_batch_llm._internal.quota_types import (
+    DIMENSIONS,
+    EstimateTooLargeError,
+    QuotaLimits,
+    TokenEstimate,
+)
+
+if TYPE_CHECKING:
+    from async_batch_llm.core.config import ProcessorConfig
+
+__all__ = [
+    "DEFAULT_BURST_SECONDS",
+    "DEFAULT_MARGIN",
+    "AdmissionGate",
+    "GateRegistry",
+    "GateStatistics",
+    "Reservation",
+    "scope_limits",
+]
+
+DEFAULT_BURST_SECONDS = 1.0
+"""Seconds of refill a bucket holds when ``quota_burst_seconds`` is not set."""
+
+DEFAULT_MARGIN = 0.05
+"""Fraction of each token limit held back for estimation error."""
+
+_WINDOW = 60.0
+_TOKEN_DIMENSIONS = ("tokens", "input_tokens", "output_tokens")
+
+LimitSource = Literal["declared", "learned"]
+Limits = QuotaLimits | Mapping[str, float | None]
+"""Per-minute limits keyed by dimension, or a :class:`QuotaLimits`."""
+
+
+def _normalize_limits(limits: Limits) -> dict[str, float]:
+    items = limits.as_dimensions() if isinstance(limits, QuotaLimits) else dict(limits)
+    result: dict[str, float] = {}
+    for dimension, value in items.items():
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"unknown quota dimension {dimension!r}; known: {DIMENSIONS}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(
+                f"the {dimension} limit must be a number or None, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"the {dimension} limit must be a finite number > 0, got {value!r}")
+        result[dimension] = float(value)
+    return result
+
+
+def scope_limits(
+    scope: str, default: Limits, quotas: Mapping[str, QuotaLimits] | None = None
+) -> dict[str, float]:
+    """The declared per-minute limits of ``scope``, keyed by dimension.
+
+    A scope listed in ``quotas`` takes its :class:`QuotaLimits` as a whole (its ``None`` fields
+    are undeclared, hence learnable from headers); any other scope takes ``default`` (the
+    ``max_*_per_minute`` fields of the config). Each scope gets its own buckets: the default
+    limits are not shared between scopes.
+    """
+    if quotas is not None and scope in quotas:
+        return _normalize_limits(quotas[scope])
+    return _normalize_limits(default)
+
+
+def _check_burst_and_margin(burst_seconds: float, margin: float) -> None:
+    if not (math.isfinite(burst_seconds) and burst_seconds > 0):
+        raise ValueError(f"burst_seconds must be a finite number > 0, got {burst_seconds!r}")
+    if not (math.isfinite(margin) and 0 <= margin < 1):
+        raise ValueError(f"margin must be >= 0 and < 1, got {margin!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GateStatistics:
+    """A snapshot of one gate.
+
+    Attributes:
+        scope: the quota scope.
+        limits: per-minute limits in force, by dimension.
+        limit_sources: ``"declared"`` or ``"learned"`` for each limit in force.
+        levels: units available now in each bucket (negative while in debt).
+        capacities: the most each bucket holds (its burst).
+        waiting: reservations waiting now.
+        reservations: reservations granted so far.
+        total_wait_seconds: time granted reservations spent waiting, summed.
+        used_last_minute: units used in the last 60 s by dimension (every dimension, enforced
+            or not): estimates at grant time, corrected by reconciliations and cancellations.
+    """
+
+    scope: str
+    limits: Mapping[str, float]
+    limit_sources: Mapping[str, LimitSource]
+    levels: Mapping[str, float]
+    capacities: Mapping[str, float]
+    waiting: int
+    reservations: int
+    total_wait_seconds: float
+    used_last_minute: Mapping[str, float]
+
+
+class _Dimension:
+    __slots__ = ("bucket", "limit", "source")
+
+    def __init__(self, limit: float, source: LimitSource, bucket: TokenBucket) -> None:
+        self.limit = limit
+        self.source: LimitSource = source
+        self.bucket = bucket
+
+
+def _usage_amounts(usage: Mapping[str, int] | None) -> dict[str, float]:
+    """The token figures a usage report states (``requests`` is never reconciled)."""
+    if not usage:
+        return {}
+
+    def count(key: str) -> int | None:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        return None
+
+    amounts: dict[str, float] = {}
+    input_tokens, output_tokens, total = (
+        count("input_tokens"),
+        count("output_tokens"),
+        count("total_tokens"),
+    )
+    if input_tokens is not None:
+        amounts["input_tokens"] = input_tokens
+    if output_tokens is not None:
+        amounts["output_tokens"] = output_tokens
+    if total is not None:
+        amounts["tokens"] = total
+    elif input_tokens is not None and output_tokens is not None:
+        amounts["tokens"] = input_tokens + output_tokens
+    return amounts
+
+
+class Reservation:
+    """One admitted attempt's hold on its gate, settled exactly once.
+
+    Attributes:
+        scope: the gate's quota scope.
+        estimate: the estimate that was reserved.
+        granted_at: the clock time of the grant.
+        waited: seconds the reservation waited before the grant.
+    """
+
+    __slots__ = ("_amounts", "_gate", "_settled", "_taken", "estimate", "granted_at", "waited")
+
+    def __init__(
+        self,
+        gate: AdmissionGate,
+        estimate: TokenEstimate,
+        amounts: dict[str, float],
+        taken: frozenset[str],
+        granted_at: float,
+        waited: float,
+    ) -> None:
+        self._gate = gate
+        self._amounts = amounts
+        self._taken = taken
+        self._settled = False
+        self.estimate = estimate
+        self.granted_at = granted_at
+        self.waited = waited
+
+    @property
+    def scope(self) -> str:
+        return self._gate.scope
+
+    @property
+    def settled(self) -> bool:
+        """Whether :meth:`reconcile` or :meth:`cancel` has run."""
+        return self._settled
+
+    def reconcile(self, usage: Mapping[str, int] | None) -> None:
+        """Replace the estimate with the usage the provider reported.
+
+        For each token figure the usage states (``input_tokens``, ``output_tokens``,
+        ``total_tokens``, the total falling back to input plus output), a lower figure refunds
+        the difference and a higher one charges it as a debt; figures the usage lacks (or
+        ``None``/empty usage) keep the estimate. The request itself is never refunded. Only
+        buckets this reservation took from are adjusted. A second call, or a call after
+        :meth:`cancel`, does nothing.
+        """
+        if self._settled:
+            return
+        self._settled = True
+        actual = _usage_amounts(usage)
+        deltas = {dim: value - self._amounts[dim] for dim, value in actual.items()}
+        self._gate._adjust(deltas, self._taken)
+
+    def cancel(self) -> None:
+        """Give everything back (the request included): the call never started.
+
+        A second call, or a call after :meth:`reconcile`, does nothing.
+        """
+        if self._settled:
+            return
+        self._settled = True
+        self._gate._adjust({dim: -amount for dim, amount in self._amounts.items()}, self._taken)
+
+    def __repr__(self) -> str:
+        state = "settled" if self._settled else "open"
+        return (
+            f"Reservation(scope={self.scope!r}, estimate={self.estimate!r}, "
+            f"waited={self.waited:.6g}, {state})"
+        )
+
+
+class AdmissionGate:
+    """FIFO admission of attempts against the per-minute limits of one quota scope.
+
+    Args:
+        scope: the quota scope (for messages and statistics).
+        limits: the declared per-minute limits; a missing/``None`` dimension is undeclared
+            (not enforced until headers reveal it).
+        clock: the time source; waits sleep on it for exactly the computed time.
+        burst_seconds: seconds of refill a bucket holds (finite, > 0); a request bucket holds
+            at least one request.
+        margin: fraction of every token limit held back for estimation error (0 <= margin < 1);
+            requests are counted exactly and paced at their full limit.
+        wall_clock: Unix time, for RFC 3339 reset headers.
+
+    Raises:
+        TypeError / ValueError: if a limit, ``burst_seconds`` or ``margin`` is invalid.
+    """
+
+    def __init__(
+        self,
+        scope: str,
+        limits: Limits,
+        clock: Clock,
+        *,
+        burst_seconds: float = DEFAULT_BURST_SECONDS,
+        margin: float = DEFAULT_MARGIN,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        _check_burst_and_margin(burst_seconds, margin)
+        self.scope = scope
+        self._clock = clock
+        self._burst = float(burst_seconds)
+        self._margin = float(margin)
+        self._wall_clock = wall_clock
+        self._declared = _normalize_limits(limits)
+        # Buckets are made on first use: a LoopClock reads time only inside a running loop.
+        self._dimensions: dict[str, _Dimension] | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._reservations = 0
+        self._total_wait = 0.0
+        # (time, dimension, amount) of grants and their corrections, for used_last_minute.
+        self._history: deque[tuple[float, str, float]] = deque()
+
+    # -- buckets -----------------------------------------------------------------------------
+
+    def _shape(self, dimension: str, limit: float) -> tuple[float, float]:
+        rate = limit / _WINDOW
+        if dimension == "requests":
+            return rate, max(1.0, rate * self._burst)
+        rate *= 1.0 - self._margin
+        return rate, rate * self._burst
+
+    def _dims(self, now: float) -> dict[str, _Dimension]:
+        if self._dimensions is None:
+            self._dimensions = {}
+            for dimension, limit in self._declared.items():
+                rate, capacity = self._shape(dimension, limit)
+                bucket = TokenBucket(rate, capacity, now=now)
+                self._dimensions[dimension] = _Dimension(limit, "declared", bucket)
+        return self._dimensions
+
+    def limit(self, dimension: str) -> float | None:
+        """The per-minute limit in force for ``dimension`` (declared or learned), or ``None``."""
+        if self._dimensions is None:
+            return self._declared.get(dimension)
+        entry = self._dimensions.get(dimension)
+        return None if entry is None else entry.limit
+
+    def _amounts(self, estimate: TokenEstimate, dims: Mapping[str, _Dimension]) -> dict[str, float]:
+        amounts = {
+            "requests": 1.0,
+            "tokens": float(estimate.total_tokens),
+            "input_tokens": float(estimate.input_tokens),
+            "output_tokens": float(estimate.output_tokens),
+        }
+        for dimension in _TOKEN_DIMENSIONS:
+            entry = dims.get(dimension)
+            if entry is not None and amounts[dimension] > entry.limit:
+                raise EstimateTooLargeError(self.scope, dimension, amounts[dimension], entry.limit)
+        return amounts
+
+    @staticmethod
+    def _delay(amounts: Mapping[str, float], dims: Mapping[str, _Dimension], now: float) -> float:
+        return max(
+            (entry.bucket.time_until_admissible(amounts[dim], now) for dim, entry in dims.items()),
+            default=0.0,
+        )
+
+    # -- reserve -----------------------------------------------------------------------------
+
+    async def reserve(self, estimate: TokenEstimate) -> Reservation:
+        """Wait for one request plus ``estimate``'s tokens in every bucket in force, take them.
+
+        Callers are served strictly in arrival order: a caller never overtakes an earlier one,
+        even if its smaller reservation would fit sooner. Only the caller at the head waits on
+        the clock, for exactly the time its reservation needs; a refund or a changed limit
+        wakes it early to recompute. Cancelling a waiting caller removes it and lets the next
+        one proceed; nothing is taken.
+
+        Raises:
+            EstimateTooLargeError: at once (or as soon as a learned limit reveals it while
+                waiting) when an estimated token figure exceeds its whole per-minute limit.
+        """
+        requested_at = self._clock.time()
+        dims = self._dims(requested_at)
+        amounts = self._amounts(estimate, dims)
+        if not self._waiters and self._delay(amounts, dims, requested_at) == 0.0:
+            return self._grant(estimate, amounts, dims, requested_at, requested_at)
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(ticket)
+        try:
+            while True:
+                if self._waiters[0] is not ticket:
+                    # Resolved by whoever leaves the head of the line before us.
+                    await ticket
+                    continue
+                now = self._clock.time()
+                amounts = self._amounts(estimate, dims)
+                delay = self._delay(amounts, dims, now)
+                if delay == 0.0:
+                    break
+                await self._sleep_or_wake(delay)
+        finally:
+            was_head = self._waiters[0] is ticket
+            self._waiters.remove(ticket)
+            if was_head and self._waiters and not self._waiters[0].done():
+                self._waiters[0].set_result(None)
+        return self._grant(estimate, amounts, dims, requested_at, now)
+
+    async def _sleep_or_wake(self, delay: float) -> None:
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        try:
+            await asyncio.wait({sleeper, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            if self._wake is wake:
+                self._wake = None
+
+    def _notify(self) -> None:
+        """Let the head waiter recompute its wait (after a refund or a limit change)."""
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _grant(
+        self,
+        estimate: TokenEstimate,
+        amounts: dict[str, float],
+        dims: Mapping[str, _Dimension],
+        requested_at: float,
+        now: float,
+    ) -> Reservation:
+        for dimension, entry in dims.items():
+            entry.bucket.take(amounts[dimension], now)
+        self._reservations += 1
+        self._total_wait += now - requested_at
+        for dimension, amount in amounts.items():
+            self._history.append((now, dimension, amount))
+        self._prune(now)
+        return Reservation(
+            self, estimate, amounts, frozenset(dims), granted_at=now, waited=now - requested_at
+        )
+
+    def _adjust(self, deltas: Mapping[str, float], taken: frozenset[str]) -> None:
+        """Apply a reservation's settlement: positive deltas are debt, negative are refunds."""
+        now = self._clock.time()
+        dims = self._dims(now)
+        for dimension, delta in deltas.items():
+            if delta == 0:
+                continue
+            self._history.append((now, dimension, delta))
+            entry = dims.get(dimension)
+            if entry is None or dimension not in taken:
+                continue
+            if delta > 0:
+                entry.bucket.take(delta, now)
+            else:
+                entry.bucket.give_back(-delta, now)
+        self._prune(now)
+        self._notify()
+
+    def _prune(self, now: float) -> None:
+        while self._history and self._history[0][0] <= now - _WINDOW:
+            self._history.popleft()
+
+    # -- headers -----------------------------------------------------------------------------
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn from one answer's ``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers.
+
+        For a dimension the scope did not declare, a ``limit`` header sets (or updates) a
+        learned per-minute limit, making a bucket for it if there was none. For any dimension
+        with a bucket, a ``remaining`` figure (with its ``reset``) lowers the bucket to
+        :func:`snapshot_level` when that is stricter; it never raises a level. A declared limit
+        is never changed by headers. Safe to use as a :data:`HEADER_SINK`.
+        """
+        now = self._clock.time()
+        dims = self._dims(now)
+        for snapshot in parse_rate_limit_headers(headers, now=self._wall_clock()):
+            entry = dims.get(snapshot.dimension)
+            if snapshot.limit is not None and snapshot.limit > 0:
+                if entry is None:
+                    rate, capacity = self._shape(snapshot.dimension, snapshot.limit)
+                    entry = _Dimension(
+                        float(snapshot.limit), "learned", TokenBucket(rate, capacity, now=now)
+                    )
+                    dims[snapshot.dimension] = entry
+                elif entry.source == "learned" and entry.limit != snapshot.limit:
+                    entry.limit = float(snapshot.limit)
+                    entry.bucket.resize(*self._shape(snapshot.dimension, entry.limit), now)
+            if entry is not None and snapshot.remaining is not None:
+                limit = snapshot.limit if snapshot.limit is not None else entry.limit
+                entry.bucket.lower_to(
+                    snapshot_level(
+                        snapshot.remaining, snapshot.reset_seconds, limit, entry.bucket.rate
+                    ),
+                    now,
+                )
+        self._notify()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Reservations waiting now."""
+        return len(self._waiters)
+
+    def statistics(self) -> GateStatistics:
+        """A snapshot of limits, levels, waiters, waits and the last minute's usage."""
+        now = self._clock.time()
+        dims = self._dims(now)
+        self._prune(now)
+        used = dict.fromkeys(DIMENSIONS, 0.0)
+        for _, dimension, amount in self._history:
+            used[dimension] += amount
+        return GateStatistics(
+            scope=self.scope,
+            limits={dim: entry.limit for dim, entry in dims.items()},
+            limit_sources={dim: entry.source for dim, entry in dims.items()},
+            levels={dim: entry.bucket.refill(now) for dim, entry in dims.items()},
+            capacities={dim: entry.bucket.capacity for dim, entry in dims.items()},
+            waiting=len(self._waiters),
+            reservations=self._reservations,
+            total_wait_seconds=self._total_wait,
+            used_last_minute={dim: max(0.0, amount) for dim, amount in used.items()},
+        )
+
+    def __repr__(self) -> str:
+        if self._dimensions is None:
+            buckets = ", ".join(f"{dim}={limit:g}/min" for dim, limit in self._declared.items())
+        else:
+            try:
+                now: float | None = self._clock.time()
+            except RuntimeError:  # a loop clock read outside its loop: show the last levels
+                now = None
+            buckets = ", ".join(
+                f"{dim}={_level_at(entry.bucket, now):.6g}/{entry.bucket.capacity:.6g} "
+                f"({entry.limit:g}/min {entry.source})"
+                for dim, entry in self._dimensions.items()
+            )
+        return (
+            f"AdmissionGate(scope={self.scope!r}, {buckets or 'unlimited'}, "
+            f"waiting={len(self._waiters)}, reservations={self._reservations})"
+        )
+
+
+def _level_at(bucket: TokenBucket, now: float | None) -> float:
+    return bucket.level if now is None else bucket.refill(now)
+
+
+class GateRegistry:
+    """The gates of every quota scope of one processor, made on first use.
+
+    Args:
+        default_limits: limits of every scope not listed in ``quotas``.
+        clock: the clock the gates wait on.
+        quotas: limits per scope; a listed scope takes its :class:`QuotaLimits` as a whole.
+        burst_seconds: seconds of refill each bucket holds (finite, > 0).
+        margin: fraction of token limits held back for estimation error (0 <= margin < 1).
+        wall_clock: Unix time, for RFC 3339 reset headers.
+
+    Raises:
+        TypeError / ValueError: if a limit, ``burst_seconds`` or ``margin`` is invalid.
+    """
+
+    def __init__(
+        self,
+        default_limits: Limits,
+        clock: Clock,
+        *,
+        quotas: Mapping[str, QuotaLimits] | None = None,
+        burst_seconds: float = DEFAULT_BURST_SECONDS,
+        margin: float = DEFAULT_MARGIN,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        _check_burst_and_margin(burst_seconds, margin)
+        self._default = _normalize_limits(default_limits)
+        self._quotas = dict(quotas or {})
+        for limits in self._quotas.values():
+            _normalize_limits(limits)
+        self._clock = clock
+        self._burst = burst_seconds
+        self._margin = margin
+        self._wall_clock = wall_clock
+        self._gates: dict[str, AdmissionGate] = {}
+
+    @classmethod
+    def from_config(cls, config: ProcessorConfig, clock: Clock) -> GateRegistry:
+        """The registry a processor with ``config`` needs (its ``max_*_per_minute`` fields,
+        ``quotas`` and ``quota_burst_seconds``)."""
+        default: dict[str, float | None] = {
+            "requests": config.max_requests_per_minute,
+            "tokens": config.max_tokens_per_minute,
+            "input_tokens": config.max_input_tokens_per_minute,
+            "output_tokens": config.max_output_tokens_per_minute,
+        }
+        burst = config.quota_burst_seconds
+        return cls(
+            default,
+            clock,
+            quotas=config.quotas,
+            burst_seconds=DEFAULT_BURST_SECONDS if burst is None else burst,
+        )
+
+    def limits_for(self, scope: str) -> dict[str, float]:
+        """The declared per-minute limits of ``scope`` (see :func:`scope_limits`)."""
+        return scope_limits(scope, self._default, self._quotas)
+
+    def gate(self, scope: str) -> AdmissionGate:
+        """The gate of ``scope``, made on first request."""
+        gate = self._gates.get(scope)
+        if gate is None:
+            gate = self._gates[scope] = AdmissionGate(
+                scope,
+                self.limits_for(scope),
+                self._clock,
+                burst_seconds=self._burst,
+                margin=self._margin,
+                wall_clock=self._wall_clock,
+            )
+        return gate
+
+    def statistics(self) -> dict[str, GateStatistics]:
+        """A snapshot of every gate made so far, by scope."""
+        return {scope: gate.statistics() for scope, gate in self._gates.items()}
+
+    def __repr__(self) -> str:
+        return f"GateRegistry(scopes={sorted(self._gates)!r})"
