@@ -8,9 +8,11 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import TypeVar
 
+from async_batch_llm._strategies.anthropic import AnthropicStrategy
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._strategies.gemini import GeminiCachedStrategy as GeminiCachedStrategy
 from async_batch_llm._strategies.gemini import GeminiStrategy
+from async_batch_llm._strategies.openai import OpenAIStrategy
 from async_batch_llm._strategies.pydantic_ai import PydanticAIStrategy
 from async_batch_llm.base import (
     BatchProcessor,
@@ -106,6 +108,9 @@ __all__ = [
     "SimpleBatchProcessor",
     "SimpleWorkItem",
     "SimpleResult",
+    # Beyond 0.6.0 (spec BEYOND.md): new names follow the 39 of 0.6.0.
+    "OpenAIStrategy",
+    "AnthropicStrategy",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__,
-# which lists exactly the 39 names of the published 0.6.0 API.
+# whose first 39 names are exactly those of the published 0.6.0 API.
