@@ -640,6 +640,13 @@ def test_bad_arguments_are_refused_at_construction(
         OpenAIStrategy(client, model, **arguments)
 
 
+def test_a_parameter_the_sdk_does_not_take_is_refused_at_construction(
+    client: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(TypeError, match="create\\(\\) takes no parameter 'temprature'"):
+        OpenAIStrategy(client, GPT, temprature=0.5)
+
+
 def test_a_client_without_the_chat_api_is_refused() -> None:
     with pytest.raises(TypeError, match="got object"):
         OpenAIStrategy(object(), GPT)  # type: ignore[call-overload]  # the misuse under test

@@ -19,9 +19,10 @@ No SDK is imported here.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -39,6 +40,7 @@ __all__ = [
     "ProviderRequestError",
     "ProviderTimeoutError",
     "attach_failed_usage",
+    "check_accepted",
     "check_model",
     "check_output_type",
     "check_request_params",
@@ -46,6 +48,7 @@ __all__ = [
     "jsonable",
     "make_error",
     "output_type_name",
+    "parse_response",
     "schema_digest",
     "tool_name",
 ]
@@ -338,3 +341,31 @@ def check_request_params(
         if name in params:
             raise ValueError(f"{owner} sets {name!r} itself ({why}); remove it from the arguments")
     return dict(params)
+
+
+def check_accepted(owner: str, create: Callable[..., Any], params: Mapping[str, Any]) -> None:
+    """A ``TypeError`` at construction for a parameter the SDK's ``create`` would refuse.
+
+    Without it every item of the batch would fail with the same ``TypeError``. Nothing is
+    checked when ``create`` takes ``**kwargs`` or has no readable signature.
+    """
+    try:
+        parameters = inspect.signature(create).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(name for name in params if name not in parameters)
+    if unknown:
+        raise TypeError(
+            f"{owner}: the installed SDK's create() takes no parameter {unknown[0]!r}; "
+            "pass provider-specific fields through extra_body"
+        )
+
+
+async def parse_response(raw: Any) -> Any:
+    """The parsed body of a raw SDK response (``parse()`` is a coroutine in some SDK lines)."""
+    parsed = raw.parse()
+    if inspect.isawaitable(parsed):
+        parsed = await parsed
+    return parsed

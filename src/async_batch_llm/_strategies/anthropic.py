@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
@@ -28,6 +28,7 @@ from async_batch_llm._strategies._http_api import (
     ProviderConnectionError,
     ProviderTimeoutError,
     attach_failed_usage,
+    check_accepted,
     check_model,
     check_output_type,
     check_request_params,
@@ -35,6 +36,7 @@ from async_batch_llm._strategies._http_api import (
     jsonable,
     make_error,
     output_type_name,
+    parse_response,
     schema_digest,
     tool_name,
 )
@@ -77,13 +79,15 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
             ``model_validate`` (a reply without that tool call has its text validated as JSON).
             A reply that does not validate raises pydantic's ``ValidationError`` (retried at
             once by the built-in classifiers) carrying the tokens it cost.
-        **request_params: sent with every request (``system``, ``temperature``,
-            ``stop_sequences``, ``metadata``, ``extra_headers``, ...).
+        **request_params: sent with every request (``system``, ``stop_sequences``,
+            ``metadata``, ``extra_headers``, ``extra_body``, ... : whatever the installed SDK's
+            ``messages.create`` takes).
 
     Raises:
         ImportError: the ``anthropic`` package is not installed.
         TypeError: ``client`` is not an async Anthropic client, ``model`` is not a string,
-            ``max_tokens`` is not an int or ``output_type`` is not a pydantic model class.
+            ``max_tokens`` is not an int, ``output_type`` is not a pydantic model class, or
+            the SDK's ``messages.create`` takes no parameter of one of ``request_params``.
         ValueError: ``model`` is empty, ``max_tokens < 1``, or ``request_params`` holds a
             parameter the strategy sets itself (``messages``, ``timeout``, ``stream``; with an
             ``output_type`` also ``tools`` and ``tool_choice``).
@@ -125,7 +129,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
     ) -> None:
         if importlib.util.find_spec("anthropic") is None:
             raise ImportError(_INSTALL_HINT)
-        _check_client(client)
+        create = _check_client(client)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
             raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
         if max_tokens < 1:
@@ -143,6 +147,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
             reserved["tools"] = "output_type is returned through a forced tool"
             reserved["tool_choice"] = "output_type is returned through a forced tool"
         self.request_params = check_request_params(type(self).__name__, request_params, reserved)
+        check_accepted(type(self).__name__, create, self.request_params)
 
     @property
     def quota_scope(self) -> str:
@@ -215,7 +220,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
             raise _converted(exc) from exc
         report_rate_limit_headers(raw.headers)
         try:
-            message = cast("Message", raw.parse())
+            message = cast("Message", await parse_response(raw))
             blocks = list(message.content)
         except Exception as exc:
             raise _unreadable(exc) from exc
@@ -260,7 +265,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         )
 
 
-def _check_client(client: object) -> None:
+def _check_client(client: object) -> Callable[..., Any]:
     """A ``TypeError`` unless ``client.messages.with_raw_response.create`` is async."""
     create: object = client
     for name in ("messages", "with_raw_response", "create"):
@@ -271,6 +276,7 @@ def _check_client(client: object) -> None:
             "messages.with_raw_response.create is async), "
             f"got {type(client).__name__}"
         )
+    return cast("Callable[..., Any]", create)
 
 
 def _messages(prompt: object) -> list[dict[str, Any]]:

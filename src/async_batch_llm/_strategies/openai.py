@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from pydantic import BaseModel, ValidationError
@@ -42,6 +42,7 @@ from async_batch_llm._strategies._http_api import (
     ProviderConnectionError,
     ProviderTimeoutError,
     attach_failed_usage,
+    check_accepted,
     check_model,
     check_output_type,
     check_request_params,
@@ -49,6 +50,7 @@ from async_batch_llm._strategies._http_api import (
     jsonable,
     make_error,
     output_type_name,
+    parse_response,
     schema_digest,
     tool_name,
 )
@@ -96,8 +98,9 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
 
     Raises:
         ImportError: the ``openai`` package is not installed.
-        TypeError: ``client`` is not an async OpenAI client, ``model`` is not a string or
-            ``output_type`` is not a pydantic model class.
+        TypeError: ``client`` is not an async OpenAI client, ``model`` is not a string,
+            ``output_type`` is not a pydantic model class, or the SDK's
+            ``chat.completions.create`` takes no parameter of one of ``request_params``.
         ValueError: ``model`` is empty, or ``request_params`` holds a parameter the strategy
             sets itself (``messages``, ``timeout``, ``stream``).
 
@@ -135,7 +138,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
     ) -> None:
         if importlib.util.find_spec("openai") is None:
             raise ImportError(_INSTALL_HINT)
-        _check_client(client)
+        create = _check_client(client)
         self.client = client
         self.model = check_model(model)
         self.output_type = check_output_type(output_type)
@@ -148,6 +151,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
                 "stream": "the whole reply is needed",
             },
         )
+        check_accepted(type(self).__name__, create, self.request_params)
 
     @property
     def quota_scope(self) -> str:
@@ -215,7 +219,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
             raise _converted(exc) from exc
         report_rate_limit_headers(raw.headers)
         try:
-            completion = cast("ChatCompletion", raw.parse())
+            completion = cast("ChatCompletion", await parse_response(raw))
             choices = completion.choices
             text = (choices[0].message.content if choices else None) or ""
         except Exception as exc:
@@ -253,7 +257,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         )
 
 
-def _check_client(client: object) -> None:
+def _check_client(client: object) -> Callable[..., Any]:
     """A ``TypeError`` unless ``client.chat.completions.with_raw_response.create`` is async."""
     create: object = client
     for name in ("chat", "completions", "with_raw_response", "create"):
@@ -264,6 +268,7 @@ def _check_client(client: object) -> None:
             "chat.completions.with_raw_response.create is async), "
             f"got {type(client).__name__}"
         )
+    return cast("Callable[..., Any]", create)
 
 
 def _messages(prompt: object) -> list[dict[str, Any]]:
