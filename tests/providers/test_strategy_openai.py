@@ -27,6 +27,7 @@ from async_batch_llm._strategies._http_api import (
     ProviderRateLimitError,
     ProviderRequestError,
     ProviderTimeoutError,
+    error_for_status,
 )
 from async_batch_llm._strategies.openai import _converted, strict_json_schema
 from async_batch_llm.classifiers import OpenAIErrorClassifier
@@ -510,6 +511,55 @@ def test_out_of_credit_is_not_a_rate_limit_under_either_classifier() -> None:
     assert str(error) == "OpenAI API out of credit"  # no "429" or "quota" for the neutral rules
     assert DEFAULT.classify(error) == info("logic_error", False)
     assert error.__cause__ is None  # _converted builds; execute raises it ``from`` the SDK error
+
+
+STATUS_TABLE = [
+    (400, False, ProviderRequestError, "bad_request"),
+    (401, False, ProviderRequestError, "authentication"),
+    (403, False, ProviderRequestError, "authentication"),
+    (404, False, ProviderRequestError, "model_not_found"),
+    (408, False, ProviderTimeoutError, "timeout"),
+    (409, False, ProviderAPIError, "conflict"),
+    (413, False, ProviderRequestError, "bad_request"),
+    (422, False, ProviderRequestError, "bad_request"),
+    (429, False, ProviderRateLimitError, "rate_limit"),
+    (429, True, ProviderRequestError, "insufficient_quota"),
+    (402, True, ProviderRequestError, "insufficient_quota"),
+    (500, False, ProviderAPIError, "server_error"),
+    (504, False, ProviderTimeoutError, "timeout"),
+    (529, False, ProviderAPIError, "server_error"),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "out_of_credit", "kind", "category"),
+    STATUS_TABLE,
+    ids=[f"{s}{'-out-of-credit' if o else ''}" for s, o, _, _ in STATUS_TABLE],
+)
+def test_status_mapping_and_messages_the_neutral_rules_read_right(
+    status: int, out_of_credit: bool, kind: type[ProviderAPIError], category: str
+) -> None:
+    cause = RuntimeError("sdk error")
+    # A provider message full of words the neutral rules look for.
+    message = "429 quota rate limit timeout connection"
+
+    error = error_for_status(
+        status,
+        label="OpenAI",
+        provider="openai",
+        provider_message=message,
+        out_of_credit=out_of_credit,
+        request_id="req_429",
+        cause=cause,
+    )
+
+    assert (type(error), error.category, error.status_code) == (kind, category, status)
+    assert (error.provider_message, error.request_id) == (message, "req_429")
+    classified = DEFAULT.classify(error)
+    assert classified.is_rate_limit is (kind is ProviderRateLimitError)
+    assert classified.is_retryable is error.retryable
+    if kind is ProviderRequestError:
+        assert classified == NOT_RETRIED
 
 
 # --------------------------------------------------------------------------- batches
