@@ -91,8 +91,8 @@ report["version"] = async_batch_llm.__version__
 
 if INTEGRATIONS_PLACEHOLDER:
     from async_batch_llm import (
-        GeminiCachedStrategy, GeminiStrategy, LLMCallStrategy, LLMResponse, LLMWorkItem,
-        ParallelBatchProcessor, ProcessorConfig, PydanticAIStrategy,
+        AnthropicStrategy, GeminiCachedStrategy, GeminiStrategy, LLMCallStrategy, LLMResponse,
+        LLMWorkItem, OpenAIStrategy, ParallelBatchProcessor, ProcessorConfig, PydanticAIStrategy,
     )
     from async_batch_llm.classifiers import (
         AnthropicErrorClassifier, GeminiErrorClassifier, OpenAIErrorClassifier,
@@ -109,6 +109,8 @@ if INTEGRATIONS_PLACEHOLDER:
             GeminiModel("gemini-2.5-flash", None), lambda response: response.text
         ),
         "GeminiCachedStrategy": lambda: GeminiCachedStrategy("gemini-2.5-flash", None, []),
+        "OpenAIStrategy": lambda: OpenAIStrategy(None, "gpt-4o-mini"),
+        "AnthropicStrategy": lambda: AnthropicStrategy(None, "claude-sonnet-4-5"),
     }
     errors = {}
     for name, build in attempts.items():
@@ -213,6 +215,16 @@ def test_without_the_sdks_the_package_imports_and_integrations_name_their_extra(
         "GeminiCachedModel": ["ImportError", gemini_hint("GeminiCachedModel")],
         "GeminiStrategy(GeminiModel)": ["ImportError", gemini_hint("GeminiModel")],
         "GeminiCachedStrategy": ["ImportError", gemini_hint("GeminiCachedModel")],
+        "OpenAIStrategy": [
+            "ImportError",
+            "openai is required for OpenAIStrategy; "
+            "install it with: pip install 'async-batch-llm[openai]'",
+        ],
+        "AnthropicStrategy": [
+            "ImportError",
+            "anthropic is required for AnthropicStrategy; "
+            "install it with: pip install 'async-batch-llm[anthropic]'",
+        ],
     }
     assert report["classified"] == {
         "OpenAIErrorClassifier": "unknown",

@@ -8,9 +8,11 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import TypeVar
 
+from async_batch_llm._strategies.anthropic import AnthropicStrategy
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._strategies.gemini import GeminiCachedStrategy as GeminiCachedStrategy
 from async_batch_llm._strategies.gemini import GeminiStrategy
+from async_batch_llm._strategies.openai import OpenAIStrategy
 from async_batch_llm._strategies.pydantic_ai import PydanticAIStrategy
 from async_batch_llm.artifacts import (
     ArtifactStore,
@@ -56,6 +58,12 @@ from async_batch_llm.strategies import (
     FrameworkTimeoutError,
     RateLimitStrategy,
     TokenTrackingError,
+)
+from async_batch_llm.quota import (
+    CharacterTokenEstimator,
+    QuotaLimits,
+    TokenEstimate,
+    TokenEstimator,
 )
 from async_batch_llm.streaming import process_prompts, process_stream
 
@@ -120,6 +128,12 @@ __all__ = [
     "ResumePolicy",
     "process_stream",
     "process_prompts",
+    "TokenEstimate",
+    "TokenEstimator",
+    "CharacterTokenEstimator",
+    "QuotaLimits",
+    "OpenAIStrategy",
+    "AnthropicStrategy",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.
