@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import async_batch_llm._internal.batch as batch_module
 import async_batch_llm._internal.processor as processor_module
 from async_batch_llm import (
     BaseMiddleware,
@@ -350,7 +351,7 @@ async def test_post_processor_exceptions_are_swallowed(is_async: bool) -> None:
 async def test_hanging_async_post_processor_is_abandoned_after_its_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(processor_module, "POST_PROCESSOR_EXECUTION_TIMEOUT", 0.002)
+    monkeypatch.setattr(batch_module, "POST_PROCESSOR_EXECUTION_TIMEOUT", 0.002)
 
     async def post(result: Result) -> None:
         await asyncio.Event().wait()

@@ -49,6 +49,12 @@ from async_batch_llm.observers import (
     ProcessorObserver,
 )
 from async_batch_llm.parallel import ParallelBatchProcessor
+from async_batch_llm.quota import (
+    CharacterTokenEstimator,
+    QuotaLimits,
+    TokenEstimate,
+    TokenEstimator,
+)
 from async_batch_llm.strategies import (
     DefaultErrorClassifier,
     ErrorClassifier,
@@ -58,12 +64,6 @@ from async_batch_llm.strategies import (
     FrameworkTimeoutError,
     RateLimitStrategy,
     TokenTrackingError,
-)
-from async_batch_llm.quota import (
-    CharacterTokenEstimator,
-    QuotaLimits,
-    TokenEstimate,
-    TokenEstimator,
 )
 from async_batch_llm.streaming import process_prompts, process_stream
 

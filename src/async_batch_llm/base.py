@@ -1,6 +1,6 @@
 """Core data types and the processor base class."""
 
-from async_batch_llm._internal.processor import (
+from async_batch_llm._internal.batch import (
     POST_PROCESSOR_EXECUTION_TIMEOUT,
     PROGRESS_TASK_CANCELLATION_TIMEOUT,
     WORKER_CANCELLATION_TIMEOUT,

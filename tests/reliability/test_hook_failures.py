@@ -29,6 +29,7 @@ from async_batch_llm import (
     RetryState,
     WorkItemResult,
 )
+from async_batch_llm._internal import batch as batch_module
 from async_batch_llm._internal import processor as processor_module
 
 from ._support import (
@@ -328,8 +329,8 @@ SLOW = {"strategy-on-error-hangs", "middleware-on-error-hangs", "everything-at-o
 def short_hook_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shrink the fixed per-hook limits (5 s, 75 s, 30 s) so hanging hooks cost milliseconds."""
     monkeypatch.setattr(processor_module, "OBSERVER_CALLBACK_TIMEOUT", HOOK_LIMIT)
-    monkeypatch.setattr(processor_module, "POST_PROCESSOR_EXECUTION_TIMEOUT", HOOK_LIMIT)
-    monkeypatch.setattr(processor_module, "STRATEGY_CLEANUP_TIMEOUT", HOOK_LIMIT)
+    monkeypatch.setattr(batch_module, "POST_PROCESSOR_EXECUTION_TIMEOUT", HOOK_LIMIT)
+    monkeypatch.setattr(batch_module, "STRATEGY_CLEANUP_TIMEOUT", HOOK_LIMIT)
 
 
 @pytest.mark.usefixtures("short_hook_limits")
