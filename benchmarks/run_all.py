@@ -5,11 +5,17 @@ Not a test. ``make bench`` runs this file. Each measurement is a fresh interpret
 are run interleaved, repeat after repeat, so they share the machine's current noise: read the
 ratios to the plain-asyncio baseline, not the absolute times.
 
-    .venv/bin/python benchmarks/run_all.py                      # everything (about 5-8 minutes)
+    .venv/bin/python benchmarks/run_all.py                      # everything (about 10-15 minutes)
     .venv/bin/python benchmarks/run_all.py --quick              # small sizes, one repeat
     .venv/bin/python benchmarks/run_all.py --only overhead,hooks --repeats 9
     .venv/bin/python benchmarks/run_all.py --skip-published     # no throwaway venv for 0.6.0
     .venv/bin/python benchmarks/run_all.py --record             # also rewrite docs/benchmarks.*
+    .venv/bin/python benchmarks/run_all.py --only overhead overhead-store stream-memory resume \
+        --skip-published --skip-pool --record                  # the durable/streaming targets
+
+``--record`` rewrites the main results of ``docs/benchmarks.md`` (and the chart) only when the
+run covered every classic scenario, and the durable/streaming section only when the run
+measured it, so a partial run never drops figures recorded by another.
 
 The published async-batch-llm 0.6.0 is installed from the package index into
 ``benchmarks/.venv-published/`` (git-ignored) with ``uv`` the first time it is needed.
@@ -27,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
 DOC_START = "<!-- bench-results:start -->"
 DOC_END = "<!-- bench-results:end -->"
+DURABLE_START = "<!-- bench-durable:start -->"
+DURABLE_END = "<!-- bench-durable:end -->"
 
 sys.path.insert(0, str(HERE))
 from scenarios import SCENARIOS  # noqa: E402 - needs the path above
@@ -54,15 +63,42 @@ ORDER = [
     "scale-1m",
     "retries",
     "storm",
+    "stream-100k",
+    "stream-1m",
+    "resume-stream",
+    "resume-batch",
 ]
-IMPLS = ["baseline", "pool", "ours", "published"]
+CLASSIC = ORDER[: ORDER.index("storm") + 1]
+"""The scenarios of the main results table (and the chart)."""
+DURABLE = ["overhead", "stream-100k", "stream-1m", "resume-stream", "resume-batch"]
+"""The scenarios of the durable/streaming section (``overhead`` for its ``ours-store`` row)."""
+ALIASES = {
+    "overhead-store": ["overhead"],
+    "stream-memory": ["stream-100k", "stream-1m"],
+    "resume": ["resume-stream", "resume-batch"],
+}
+"""Names ``--only`` accepts besides the scenarios'."""
+IMPLS = ["baseline", "pool", "ours", "ours-store", "published"]
 IMPL_LABELS = {
     "baseline": "plain asyncio (semaphore + gather)",
     "pool": "bare worker pool (floor)",
     "ours": "async-batch-llm (this repo)",
+    "ours-store": "async-batch-llm + SqliteArtifactStore",
     "published": f"async-batch-llm {PUBLISHED_VERSION} (PyPI)",
 }
-DEFAULT_REPEATS = {"scale-100k": 3, "scale-1m": 1, "storm": 1}
+STORE_SCENARIOS = {"overhead"}
+"""Scenarios also run by ``ours-store`` (the processor journaling to a fresh SQLite store)."""
+OURS_ONLY = {"stream-100k", "stream-1m", "resume-stream", "resume-batch"}
+"""Scenarios of APIs only this repository has: run by ``ours`` alone."""
+DEFAULT_REPEATS = {
+    "scale-100k": 3,
+    "scale-1m": 1,
+    "storm": 1,
+    "stream-100k": 3,
+    "stream-1m": 3,
+    "resume-stream": 3,
+    "resume-batch": 3,
+}
 QUICK_ITEMS = {
     "overhead": 5_000,
     "overhead-sync": 5_000,
@@ -71,10 +107,15 @@ QUICK_ITEMS = {
     "scale-100k": 20_000,
     "retries": 2_000,
     "storm": 400,
+    "stream-100k": 10_000,
+    "stream-1m": 100_000,
+    "resume-stream": 100_000,
+    "resume-batch": 100_000,
 }
 # Retained bytes per item come from a separate tracemalloc run; too slow for these two, which
-# report the RSS growth per item instead.
-NO_TRACEMALLOC = {"scale-1m", "storm"}
+# report the RSS growth per item instead. The streams keep no results, and a resumed run's
+# results are the point of no target.
+NO_TRACEMALLOC = {"scale-1m", "storm", *OURS_ONLY}
 
 
 # ------------------------------------------------------------------------------- environment
@@ -236,10 +277,21 @@ def run_scenario(
             record = run_one(impls[impl], name, impl, items, memory=False)
             if record is not None:
                 cells[impl].runs.append(record)
+                more = ""
+                if record.get("first_call_s") is not None:
+                    added = record.get("added_s")
+                    more = (
+                        f"  first call {record['first_call_s']:.3f}s"
+                        + ("" if added is None else f" (items added by {added:.3f}s)")
+                        + ", "
+                        f"{record['replayed']:,} replayed, {record['calls_made']} call(s)"
+                    )
+                elif name.startswith("stream"):
+                    more = f"  peak RSS {record['peak_rss'] / 2**20:.0f} MiB"
                 print(
-                    f"   {name:<10} {impl:<9} #{rep + 1}: {record['us_per_item']:8.2f} us/item "
-                    f"(cpu {record['cpu_s'] / record['items'] * 1e6:6.2f})  "
-                    f"[{time.perf_counter() - started:5.1f}s]",
+                    f"   {name:<10} {impl:<10} #{rep + 1}: {record['us_per_item']:8.2f} us/item "
+                    f"(cpu {record['cpu_s'] / record['results'] * 1e6:6.2f})  "
+                    f"[{time.perf_counter() - started:5.1f}s]{more}",
                     flush=True,
                 )
     if memory and name not in NO_TRACEMALLOC:
@@ -247,7 +299,7 @@ def run_scenario(
             record = run_one(impls[impl], name, impl, items, memory=True)
             if record is not None:
                 cells[impl].memory = record
-                print(f"   {name:<10} {impl:<9} retained: {record['bytes_per_item']:7.0f} B/item")
+                print(f"   {name:<10} {impl:<10} retained: {record['bytes_per_item']:7.0f} B/item")
     return cells
 
 
@@ -287,6 +339,7 @@ def summarize(results: dict[str, dict[str, Cell]]) -> list[dict[str, Any]]:
                 "bytes_per_item": bytes_item,
                 "bytes_how": bytes_how,
                 "succeeded": min(r["succeeded"] for r in cell.runs),
+                "results": min(r.get("results", r["items"]) for r in cell.runs),
                 "failed": max(r["failed"] for r in cell.runs),
                 "version": cell.last("version"),
             }
@@ -299,6 +352,17 @@ def summarize(results: dict[str, dict[str, Cell]]) -> list[dict[str, Any]]:
                 row["wall_vs_ideal"] = row["wall_s"] / row["ideal_s"]
             if cell.last("http_429") is not None:
                 row["http_429"] = cell.median("http_429")
+            if cell.last("first_call_s") is not None or cell.last("replayed") is not None:
+                firsts = [r["first_call_s"] for r in cell.runs if r.get("first_call_s") is not None]
+                row["first_call_s"] = statistics.median(firsts) if firsts else None
+                row["first_call_max_s"] = max(firsts) if firsts else None
+                added = [r["added_s"] for r in cell.runs if r.get("added_s") is not None]
+                row["added_s"] = statistics.median(added) if added else None
+                row["replayed"] = min(r["replayed"] for r in cell.runs)
+                row["calls_made"] = max(r["calls_made"] for r in cell.runs)
+            if cell.last("records") is not None:
+                row["records"] = min(r["records"] for r in cell.runs)
+            row["peak_rss_median_mib"] = statistics.median(r["peak_rss"] for r in cell.runs) / 2**20
             rows.append(row)
     return rows
 
@@ -317,8 +381,17 @@ def notes_for(row: dict[str, Any]) -> str:
         parts.append(f"{row['wall_s']:.2f}s = {row['wall_vs_ideal']:.2f}x ideal")
     if "http_429" in row:
         parts.append(f"{row['http_429']:.0f} x 429")
-    if row["failed"] or row["succeeded"] != row["items"]:
-        parts.append(f"{row['succeeded']}/{row['items']} succeeded")
+    if row.get("first_call_s") is not None:
+        parts.append(f"first new call {row['first_call_s']:.3f}s after opening the store")
+        if row.get("added_s") is not None:
+            parts.append(f"of which {row['added_s']:.3f}s building and adding the work items")
+    if "replayed" in row:
+        parts.append(f"{row['replayed']:,} replayed, {row['calls_made']} call(s)")
+    if "records" in row:
+        parts.append(f"{row['records']:,} records committed")
+    total = row.get("results", row["items"])
+    if row["failed"] or row["succeeded"] != total:
+        parts.append(f"{row['succeeded']}/{total} succeeded")
     return ", ".join(parts)
 
 
@@ -464,8 +537,87 @@ def check_targets(rows: list[dict[str, Any]], quick: bool) -> list[tuple[str, bo
                 f"{storm.get('http_429', 0):.0f} x 429",
             )
         )
+    out += durable_targets(get)
     if quick:
         out = [(name, None, figures + " (quick run: sizes differ)") for name, _, figures in out]
+    return out
+
+
+STREAM_RSS_RATIO = 1.15
+STREAM_RSS_MIB = 200
+RESUME_FIRST_CALL_S = 2.0
+
+DURABLE_TARGET_PREFIXES = ("journal", "stream", "resume", "overhead: per-item")
+"""Targets shown in the durable/streaming section (the plain overhead one is re-checked there)."""
+
+
+def durable_targets(
+    get: Callable[[str, str], dict[str, Any] | None],
+) -> list[tuple[str, bool | None, str]]:
+    """The targets of the artifact store and of streaming (BEYOND.md N1)."""
+    out: list[tuple[str, bool | None, str]] = []
+    store = get("overhead", "ours-store")
+    if store and store["ratio"] is not None:
+        committed = store.get("records") == store["items"]
+        out.append(
+            (
+                "journal: overhead with a SqliteArtifactStore <= 1.0x baseline, all committed",
+                store["ratio"] <= 1.0 and committed,
+                f"{store['ratio']:.2f}x (CPU {store['cpu_ratio']:.2f}x), "
+                f"{store['us_per_item']:.2f} µs/item, "
+                f"{store.get('records', 0):,}/{store['items']:,} records",
+            )
+        )
+    small, big = get("stream-100k", "ours"), get("stream-1m", "ours")
+    if small and big:
+        ratio = big["peak_rss_median_mib"] / small["peak_rss_median_mib"]
+        out.append(
+            (
+                f"stream: peak RSS over 1M items <= {STREAM_RSS_RATIO}x that over 100k",
+                ratio <= STREAM_RSS_RATIO and big["succeeded"] == big["results"],
+                f"{big['peak_rss_median_mib']:.1f} / {small['peak_rss_median_mib']:.1f} MiB "
+                f"= {ratio:.3f}x (medians)",
+            )
+        )
+    if big:
+        out.append(
+            (
+                f"stream: peak RSS over 1M items <= {STREAM_RSS_MIB} MiB",
+                big["peak_rss_mib"] <= STREAM_RSS_MIB,
+                f"{big['peak_rss_mib']:.1f} MiB (max of {big['repeats']}), "
+                f"{big['succeeded']:,}/{big['results']:,} succeeded",
+            )
+        )
+    for name, how in (("resume-stream", "process_stream"), ("resume-batch", "process_all")):
+        row = get(name, "ours")
+        if row is None or "replayed" not in row:
+            continue
+        first = row.get("first_call_s")
+        exact = row["replayed"] == row["items"] and row["calls_made"] == 1
+        out.append(
+            (
+                f"resume ({how}): first new call <= {RESUME_FIRST_CALL_S:.0f} s after opening "
+                f"a store of {row['items']:,} records",
+                first is not None and first <= RESUME_FIRST_CALL_S and exact,
+                "no new call"
+                if first is None
+                else f"{first:.3f} s (median; max {row['first_call_max_s']:.3f} s)"
+                + (
+                    ""
+                    if row.get("added_s") is None
+                    else f", of which {row['added_s']:.3f} s building the "
+                    f"{row['items'] + 1:,} LLMWorkItems and add_work() before process_all()"
+                )
+                + f"; {row['replayed']:,} replayed, {row['calls_made']} call(s)",
+            )
+        )
+        out.append(
+            (
+                f"resume ({how}): whole resumed run, replay throughput (informational)",
+                None,
+                f"{row['wall_s']:.2f} s, {row['items_per_s']:,.0f} items/s",
+            )
+        )
     return out
 
 
@@ -478,9 +630,16 @@ def draw_chart(rows: list[dict[str, Any]], info: dict[str, Any], path: Path) -> 
     except ImportError:
         print("!! matplotlib is not installed: no chart")
         return False
-    scenarios = [s for s in ORDER if any(r["scenario"] == s for r in rows)]
+    rows = [r for r in rows if r["scenario"] in CLASSIC]
+    scenarios = [s for s in CLASSIC if any(r["scenario"] == s for r in rows)]
     impls = [i for i in IMPLS if any(r["impl"] == i for r in rows)]
-    colors = {"baseline": "#888888", "pool": "#bbbbbb", "ours": "#1f77b4", "published": "#d62728"}
+    colors = {
+        "baseline": "#888888",
+        "pool": "#bbbbbb",
+        "ours": "#1f77b4",
+        "ours-store": "#17becf",
+        "published": "#d62728",
+    }
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.9 * len(scenarios) + 2.2))
     height = 0.8 / len(impls)
     for ax, key, title in (
@@ -516,37 +675,110 @@ def draw_chart(rows: list[dict[str, Any]], info: dict[str, Any], path: Path) -> 
     return True
 
 
-def record_docs(
-    rows: list[dict[str, Any]], targets: list[tuple[str, bool | None, str]], info: dict[str, Any]
-) -> None:
-    lines = [
-        DOC_START,
-        "",
-        f"Recorded {info['date']} by `make bench` (`benchmarks/run_all.py --record`) on "
+def _replace_block(text: str, start: str, end: str, lines: list[str], before: str) -> str:
+    """Put ``lines`` between the markers; without them, insert the block before ``before``
+    (a heading of the doc) or append it."""
+    block = "\n".join([start, *lines, end])
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        return head + block + tail
+    if before in text:
+        head, tail = text.split(before, 1)
+        return head + block + "\n\n" + before + tail
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def _machine_line(info: dict[str, Any], how: str) -> str:
+    return (
+        f"Recorded {info['date']} by {how} on "
         f"{info['cores']} cores of an {info['cpu']}, {info['memory_gib']} GiB RAM, "
         f"{info['os']}, Python {info['python']}; load average {info['loadavg_start']:.1f} at "
         f"the start and {info['loadavg_end']:.1f} at the end of the run (the machine was shared, "
-        "so absolute times are noisy; the ratios compare runs made side by side).",
-        "",
-        *table_lines(rows, markdown=True),
-        "",
-        "Targets of issue #4, evaluated on this run:",
-        "",
-        "| target | held | measured |",
-        "|---|---|---|",
-    ]
+        "so absolute times are noisy; the ratios compare runs made side by side)."
+    )
+
+
+def _target_lines(targets: list[tuple[str, bool | None, str]]) -> list[str]:
+    lines = ["| target | held | measured |", "|---|---|---|"]
     for name, held, figures in targets:
         mark = "–" if held is None else ("yes" if held else "**no**")
         lines.append(f"| {name} | {mark} | {figures} |")
-    lines += ["", "![items/s and µs/item per implementation](benchmarks.png)", "", DOC_END]
+    return lines
+
+
+def is_durable_target(name: str) -> bool:
+    return name.startswith(DURABLE_TARGET_PREFIXES)
+
+
+def has_durable(rows: list[dict[str, Any]]) -> bool:
+    return any(r["impl"] == "ours-store" or r["scenario"] in OURS_ONLY for r in rows)
+
+
+def covers_classic(rows: list[dict[str, Any]]) -> bool:
+    return all(any(r["scenario"] == name for r in rows) for name in CLASSIC)
+
+
+def record_docs(
+    rows: list[dict[str, Any]],
+    targets: list[tuple[str, bool | None, str]],
+    info: dict[str, Any],
+    command: str,
+) -> list[str]:
+    """Rewrite the sections of ``docs/benchmarks.md`` this run measured; return their names.
+
+    The main results (and the chart) are rewritten only by a run of every classic scenario, the
+    durable/streaming section only by a run that measured it: a partial run leaves the other
+    section's recorded figures alone.
+    """
     text = DOC.read_text() if DOC.exists() else ""
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        _, tail = rest.split(DOC_END, 1)
-        text = head + "\n".join(lines) + tail
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    DOC.write_text(text)
+    written = []
+    if covers_classic(rows):
+        classic_rows = [r for r in rows if r["scenario"] in CLASSIC]
+        lines = [
+            "",
+            _machine_line(info, "`make bench` (`benchmarks/run_all.py --record`)"),
+            "",
+            *table_lines(classic_rows, markdown=True),
+            "",
+            "Targets of issue #4, evaluated on this run:",
+            "",
+            *_target_lines(
+                [t for t in targets if not is_durable_target(t[0]) or t[0].startswith("overhead")]
+            ),
+            "",
+            "![items/s and µs/item per implementation](benchmarks.png)",
+            "",
+        ]
+        text = _replace_block(text, DOC_START, DOC_END, lines, "## Where the per-item time goes")
+        written.append("results")
+    if has_durable(rows):
+        durable_rows = [
+            r
+            for r in rows
+            if r["scenario"] in OURS_ONLY
+            or (
+                r["scenario"] in STORE_SCENARIOS and r["impl"] in ("baseline", "ours", "ours-store")
+            )
+        ]
+        lines = [
+            "",
+            _machine_line(info, f"`{command}`"),
+            "",
+            *table_lines(durable_rows, markdown=True),
+            "",
+            "Targets of BEYOND.md N1, evaluated on this run:",
+            "",
+            *_target_lines([t for t in targets if is_durable_target(t[0])]),
+            "",
+        ]
+        text = _replace_block(
+            text, DURABLE_START, DURABLE_END, lines, "## Where the per-item time goes"
+        )
+        written.append("durable/streaming")
+    if written:
+        DOC.write_text(text)
+    return written
 
 
 # ------------------------------------------------------------------------------- main
@@ -559,10 +791,26 @@ def parse_only(values: list[str] | None) -> list[str]:
     for value in values:
         for name in value.split(","):
             name = name.strip()
-            if name not in SCENARIOS:
-                raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(ORDER)}")
-            chosen.append(name)
+            if name in ALIASES:
+                chosen += ALIASES[name]
+            elif name in SCENARIOS:
+                chosen.append(name)
+            elif name:
+                raise SystemExit(
+                    f"unknown scenario {name!r}; choose from {', '.join([*ORDER, *ALIASES])}"
+                )
     return [s for s in ORDER if s in chosen]
+
+
+def impls_for(name: str, impls: dict[str, Path]) -> dict[str, Path]:
+    """The implementations that run scenario ``name``."""
+    if name in OURS_ONLY:
+        return {"ours": impls["ours"]}
+    return {
+        impl: python
+        for impl, python in impls.items()
+        if impl != "ours-store" or name in STORE_SCENARIOS
+    }
 
 
 def main() -> int:
@@ -571,14 +819,20 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat, no 1M")
     parser.add_argument(
-        "--only", action="append", metavar="SCENARIO", help=f"comma list of: {', '.join(ORDER)}"
+        "--only",
+        action="extend",
+        nargs="+",
+        metavar="SCENARIO",
+        help=f"scenarios (space or comma separated) among: {', '.join([*ORDER, *ALIASES])}",
     )
     parser.add_argument("--skip-published", action="store_true", help=f"skip {PUBLISHED_VERSION}")
     parser.add_argument("--skip-pool", action="store_true", help="skip the bare worker pool")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc runs")
     parser.add_argument(
-        "--record", action="store_true", help="rewrite the results in docs/benchmarks.md and .png"
+        "--record",
+        action="store_true",
+        help="rewrite the sections of docs/benchmarks.md (and the .png) this run measured",
     )
     parser.add_argument(
         "--from-json", metavar="PATH", help="run nothing: report (and --record) a saved run"
@@ -590,9 +844,11 @@ def main() -> int:
         targets = [(name, held, figures) for name, held, figures in saved["targets"]]
         print("\n".join(table_lines(saved["rows"], markdown=False)))
         if args.record:
-            draw_chart(saved["rows"], saved["machine"], CHART)
-            record_docs(saved["rows"], targets, saved["machine"])
-            print(f"recorded into {DOC.relative_to(ROOT)} and {CHART.relative_to(ROOT)}")
+            if covers_classic(saved["rows"]) and draw_chart(saved["rows"], saved["machine"], CHART):
+                print(f"chart: {CHART.relative_to(ROOT)}")
+            command = saved.get("command", "benchmarks/run_all.py")
+            written = record_docs(saved["rows"], targets, saved["machine"], command)
+            print(f"recorded into {DOC.relative_to(ROOT)}: {', '.join(written) or 'nothing'}")
         return 0
 
     scenarios = parse_only(args.only)
@@ -602,10 +858,11 @@ def main() -> int:
         "baseline": Path(sys.executable),
         "pool": Path(sys.executable),
         "ours": Path(sys.executable),
+        "ours-store": Path(sys.executable),
     }
     if args.skip_pool:
         del impls["pool"]
-    if not args.skip_published:
+    if not args.skip_published and not all(name in OURS_ONLY for name in scenarios):
         python = published_python()
         if python is not None:
             impls["published"] = python
@@ -620,7 +877,9 @@ def main() -> int:
         repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS.get(name, 5))
         items = QUICK_ITEMS.get(name) if args.quick else None
         print(f"-- {name}: {SCENARIOS[name].description} ({repeats} repeat(s))", flush=True)
-        results[name] = run_scenario(name, impls, repeats, items, memory=not args.no_memory)
+        results[name] = run_scenario(
+            name, impls_for(name, impls), repeats, items, memory=not args.no_memory
+        )
     info["loadavg_end"] = os.getloadavg()[0]
 
     rows = summarize(results)
@@ -628,13 +887,15 @@ def main() -> int:
     print("\n".join(table_lines(rows, markdown=False)))
     targets = check_targets(rows, args.quick)
     if targets:
-        print("\ntargets (issue #4):")
+        print("\ntargets (issue #4; BEYOND.md N1):")
         for name, held, figures in targets:
-            mark = "  --  " if held is None else (" PASS " if held else " FAIL ")
+            mark = "  --  " if held is None else (" PASS ✔" if held else " FAIL ✘")
             print(f"  [{mark}] {name}: {figures}")
 
     RESULTS_DIR.mkdir(exist_ok=True)
+    command = " ".join([".venv/bin/python benchmarks/run_all.py", *sys.argv[1:]])
     payload = {
+        "command": command,
         "machine": info,
         "rows": rows,
         "targets": targets,
@@ -648,10 +909,10 @@ def main() -> int:
         path.write_text(json.dumps(payload, indent=1))
     print(f"\nraw results: {(RESULTS_DIR / 'latest.json').relative_to(ROOT)}")
     if args.record:
-        if draw_chart(rows, info, CHART):
+        if covers_classic(rows) and draw_chart(rows, info, CHART):
             print(f"chart: {CHART.relative_to(ROOT)}")
-        record_docs(rows, targets, info)
-        print(f"table: {DOC.relative_to(ROOT)}")
+        written = record_docs(rows, targets, info, command)
+        print(f"recorded into {DOC.relative_to(ROOT)}: {', '.join(written) or 'nothing'}")
     return 0
 
 

@@ -14,6 +14,21 @@ Implementations:
 - ``pool``: a bare pool of long-lived worker coroutines popping a deque (the floor).
 - ``ours`` / ``published``: ``ParallelBatchProcessor`` of whichever ``async_batch_llm`` the
   interpreter imports (this repository's ``.venv`` or the published 0.6.0 venv).
+- ``ours-store``: ``ours`` journaling every result to a ``SqliteArtifactStore`` in a fresh
+  temporary file; opening the store and closing it (after ``process_all()`` has waited for the
+  last commit) are inside the timed region.
+
+Durable and streaming scenarios (``ours`` only):
+
+- ``stream-*``: ``process_stream`` over a generator of prompts; each result is counted and
+  dropped. Its peak RSS is the point: it must not grow with the length of the source.
+- ``resume-*``: a ``SqliteArtifactStore`` already holding a committed success for each of the
+  scenario's items (built once, outside the timed region, and cached in the temporary
+  directory) is resumed with ``ResumePolicy.REUSE_SUCCESSES`` over the same items plus one new
+  item placed first. ``first_call_s`` is the time from opening the store to the start of the
+  new item's call; the whole run replays every stored item. ``resume-stream`` feeds the items
+  lazily through ``process_stream``; ``resume-batch`` builds every ``LLMWorkItem`` and
+  ``add_work()``s it before ``process_all()``, so its first call waits for that too.
 
 The timed region is what a user pays per item: building the inputs the implementation needs
 (``LLMWorkItem`` objects for the frameworks), queueing them and processing them to a list of
@@ -29,15 +44,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
 import math
 import os
 import resource
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # --------------------------------------------------------------------------------- scenarios
@@ -55,6 +74,8 @@ class Scenario:
     fail_fraction: float = 0.0  # share of items whose first attempt raises a retryable error
     hooks: bool = False  # MetricsObserver + post-processor + progress callback
     storm: bool = False  # calls go to a provider allowing STORM_RATE calls per trailing second
+    kind: str = "batch"  # "batch" | "stream" (process_stream) | "resume" (from a full store)
+    streamed: bool = False  # resume only: through process_stream instead of add_work/process_all
     description: str = ""
 
 
@@ -121,8 +142,40 @@ SCENARIOS: dict[str, Scenario] = {
             storm=True,
             description="2,000 items, provider allows 200 calls per trailing second, else 429",
         ),
+        Scenario(
+            "stream-100k",
+            100_000,
+            200,
+            kind="stream",
+            description="process_stream over a generator of 100,000 prompts, results dropped",
+        ),
+        Scenario(
+            "stream-1m",
+            1_000_000,
+            200,
+            kind="stream",
+            description="process_stream over a generator of 1,000,000 prompts, results dropped",
+        ),
+        Scenario(
+            "resume-stream",
+            1_000_000,
+            200,
+            kind="resume",
+            streamed=True,
+            description="resume 1,000,000 stored successes + 1 new item first, process_stream",
+        ),
+        Scenario(
+            "resume-batch",
+            1_000_000,
+            200,
+            kind="resume",
+            description="resume 1,000,000 stored successes + 1 new item first, process_all",
+        ),
     )
 }
+
+STORE_IMPLS = frozenset({"ours-store"})
+"""Implementations that journal to an artifact store."""
 
 
 def fails_first_attempt(index: int, fraction: float) -> bool:
@@ -273,14 +326,8 @@ class _Hooks:
         self.last_completed = completed
 
 
-async def run_framework(
-    scenario: Scenario, prompts: list[str], calls: FakeCalls, extra: dict[str, Any]
-) -> list[Any]:
-    """``ParallelBatchProcessor`` of the imported ``async_batch_llm`` (ours or published)."""
-    import async_batch_llm as abl  # imported by main() before the clock starts
-
-    strategy_cls = type("BenchStrategy", (FakeCalls, abl.LLMCallStrategy), {})
-    strategy = strategy_cls(scenario, calls.provider)
+def _framework_config(abl: Any, scenario: Scenario) -> Any:
+    """The ``ProcessorConfig`` every framework run uses."""
     retry = abl.RetryConfig(
         max_attempts=50 if scenario.storm else 3,
         initial_wait=RETRY_WAIT,
@@ -290,7 +337,26 @@ async def run_framework(
     rate_limit = abl.RateLimitConfig(
         cooldown_seconds=1.0, backoff_multiplier=1.0, slow_start_items=0
     )
-    config = abl.ProcessorConfig(max_workers=scenario.workers, retry=retry, rate_limit=rate_limit)
+    return abl.ProcessorConfig(max_workers=scenario.workers, retry=retry, rate_limit=rate_limit)
+
+
+async def run_framework(
+    scenario: Scenario,
+    prompts: list[str],
+    calls: FakeCalls,
+    extra: dict[str, Any],
+    store_path: Path | None = None,
+) -> list[Any]:
+    """``ParallelBatchProcessor`` of the imported ``async_batch_llm`` (ours or published).
+
+    With ``store_path``, the processor journals to a ``SqliteArtifactStore`` opened there (and
+    closed at the end), inside the caller's timed region.
+    """
+    import async_batch_llm as abl  # imported by main() before the clock starts
+
+    strategy_cls = type("BenchStrategy", (FakeCalls, abl.LLMCallStrategy), {})
+    strategy = strategy_cls(scenario, calls.provider)
+    config = _framework_config(abl, scenario)
     kwargs: dict[str, Any] = {}
     hooks = _Hooks()
     metrics = None
@@ -301,12 +367,22 @@ async def run_framework(
             "post_processor": hooks.post_process,
             "progress_callback": hooks.progress,
         }
+    store = None
+    if store_path is not None:
+        from async_batch_llm.artifacts import SqliteArtifactStore
+
+        store = SqliteArtifactStore(store_path)
+        kwargs["artifact_store"] = store
     item_cls = abl.LLMWorkItem
-    async with abl.ParallelBatchProcessor(config=config, **kwargs) as processor:
-        add = processor.add_work
-        for i, prompt in enumerate(prompts):
-            await add(item_cls(item_id=f"item-{i}", strategy=strategy, prompt=prompt))
-        batch = await processor.process_all()
+    try:
+        async with abl.ParallelBatchProcessor(config=config, **kwargs) as processor:
+            add = processor.add_work
+            for i, prompt in enumerate(prompts):
+                await add(item_cls(item_id=f"item-{i}", strategy=strategy, prompt=prompt))
+            batch = await processor.process_all()
+    finally:
+        if store is not None:
+            store.close()
     results = batch.results
     extra["succeeded"] = sum(1 for r in results if r.success)
     extra["failed"] = len(results) - extra["succeeded"]
@@ -316,6 +392,192 @@ async def run_framework(
         extra["progress_calls"] = hooks.progress_calls
         extra["metrics_items_succeeded"] = (await metrics.get_metrics())["items_succeeded"]
     return results
+
+
+def stream_prompts(count: int) -> Iterator[str]:
+    """The stream scenarios' source: prompts made one at a time, never a list."""
+    for i in range(count):
+        yield f"classify item {i}"
+
+
+async def run_stream(scenario: Scenario, calls: FakeCalls, extra: dict[str, Any]) -> list[Any]:
+    """``process_stream`` over a generator; every result is counted and dropped at once."""
+    import async_batch_llm as abl
+    from async_batch_llm.streaming import process_stream
+
+    strategy_cls = type("BenchStrategy", (FakeCalls, abl.LLMCallStrategy), {})
+    strategy = strategy_cls(scenario, calls.provider)
+    config = _framework_config(abl, scenario)
+    received = succeeded = 0
+    stream = process_stream(strategy, stream_prompts(scenario.items), config=config)
+    async with stream:
+        async for result in stream:
+            received += 1
+            succeeded += result.success
+    extra["results"] = received
+    extra["succeeded"] = succeeded
+    extra["failed"] = received - succeeded
+    return []
+
+
+# --------------------------------------------------------------------------------- resume
+
+
+class FirstCallCalls(FakeCalls):
+    """``FakeCalls`` that notes when the first call starts and counts the calls."""
+
+    first_call_at: float | None = None
+    calls_made: int = 0
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: Any = None
+    ) -> tuple[str, dict[str, int]]:
+        if self.first_call_at is None:
+            self.first_call_at = time.perf_counter()
+        self.calls_made += 1
+        return await super().execute(prompt, attempt, timeout, state)
+
+
+def _resume_strategy(scenario: Scenario) -> Any:
+    """A fresh strategy of the class whose identity the stored fingerprints were made with."""
+    import async_batch_llm as abl
+
+    # A fixed module name: the class is built on the fly, and its identity must not depend on
+    # how this file was started.
+    cls = type(
+        "ResumeStrategy",
+        (FirstCallCalls, abl.LLMCallStrategy),
+        {"__module__": "benchmarks.scenarios"},
+    )
+    return cls(scenario)
+
+
+RESUME_USAGE = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+RESUME_CACHE = Path(tempfile.gettempdir()) / "async-batch-llm-bench"
+"""Where the built resume stores are kept between runs."""
+RESUME_BUILD_GROUP = 50_000
+"""Records per ``write()`` while building a store."""
+
+
+def resume_store(scenario: Scenario) -> tuple[Path, float | None]:
+    """The path of a store with one committed success per item, built on first use.
+
+    The records are exactly what the processor would have journaled for ``item-{i}`` with
+    ``make_prompts``'s prompt (same fingerprint, a ``"str"`` output equal to the prompt). The
+    file name carries a hash of the strategy identity and the schema version, so a change to
+    either builds a new file. Returns the path and the build time (``None``: taken from cache).
+    """
+    from async_batch_llm._internal.artifacts.records import (
+        SCHEMA_VERSION,
+        ArtifactRecord,
+        item_fingerprint,
+        strategy_identity,
+    )
+    from async_batch_llm.artifacts import SqliteArtifactStore
+
+    identity = strategy_identity(_resume_strategy(scenario))
+    key = hashlib.blake2b(f"{identity}|{SCHEMA_VERSION}".encode(), digest_size=6).hexdigest()
+    RESUME_CACHE.mkdir(exist_ok=True)
+    path = RESUME_CACHE / f"resume-{scenario.items}-{key}.sqlite"
+    if path.exists():
+        return path, None
+    started = time.perf_counter()
+    building = path.with_name(path.name + f".building-{os.getpid()}")
+    store = SqliteArtifactStore(building)
+    try:
+        now = time.time()
+        for first in range(0, scenario.items, RESUME_BUILD_GROUP):
+            group = []
+            for i in range(first, min(scenario.items, first + RESUME_BUILD_GROUP)):
+                prompt = f"classify item {i}"
+                fingerprint = item_fingerprint(prompt, identity, None)
+                group.append(
+                    ArtifactRecord(
+                        f"item-{i}",
+                        fingerprint,
+                        True,
+                        "str",
+                        prompt,
+                        None,
+                        RESUME_USAGE,
+                        None,
+                        None,
+                        now,
+                    )
+                )
+            store.write(group)
+    finally:
+        store.close()  # the last connection: SQLite folds the WAL into the file and deletes it
+    os.replace(building, path)
+    return path, time.perf_counter() - started
+
+
+def resume_items(scenario: Scenario, new_id: str) -> Iterator[tuple[str, str]]:
+    """``(item_id, prompt)`` of the resumed run: the new item first, then every stored one."""
+    yield new_id, f"classify new item {new_id}"
+    for i in range(scenario.items):
+        yield f"item-{i}", f"classify item {i}"
+
+
+async def run_resume(
+    scenario: Scenario, store_path: Path, prompts: list[str], extra: dict[str, Any]
+) -> list[Any]:
+    """Open the store, build the processor and resume: everything here is timed."""
+    import async_batch_llm as abl
+    from async_batch_llm.artifacts import ResumePolicy, SqliteArtifactStore
+    from async_batch_llm.streaming import process_stream
+
+    # A new id every run: the run journals its new item, and the cached store must still lack
+    # the next run's.
+    new_id = f"new-{time.time_ns()}"
+    store = SqliteArtifactStore(store_path)
+    strategy = _resume_strategy(scenario)
+    config = _framework_config(abl, scenario)
+    policy = ResumePolicy.REUSE_SUCCESSES
+    received = succeeded = replayed = 0
+    try:
+        if scenario.streamed:
+            stream = process_stream(
+                strategy,
+                resume_items(scenario, new_id),
+                config=config,
+                artifact_store=store,
+                resume=policy,
+            )
+            async with stream:
+                async for result in stream:
+                    received += 1
+                    succeeded += result.success
+                    replayed += result.replayed_from_artifact
+        else:
+            item_cls = abl.LLMWorkItem
+            built: Any = abl.ParallelBatchProcessor(
+                config=config, artifact_store=store, resume=policy
+            )
+            async with built as processor:
+                add = processor.add_work
+                await add(
+                    item_cls(
+                        item_id=new_id, strategy=strategy, prompt=f"classify new item {new_id}"
+                    )
+                )
+                for i, prompt in enumerate(prompts):
+                    await add(item_cls(item_id=f"item-{i}", strategy=strategy, prompt=prompt))
+                extra["run_started_at"] = time.perf_counter()
+                batch = await processor.process_all()
+            for result in batch.results:
+                received += 1
+                succeeded += result.success
+                replayed += result.replayed_from_artifact
+    finally:
+        store.close()
+    extra["results"] = received
+    extra["succeeded"] = succeeded
+    extra["failed"] = received - succeeded
+    extra["replayed"] = replayed
+    extra["calls_made"] = strategy.calls_made
+    extra["first_call_at"] = strategy.first_call_at
+    return []
 
 
 def _version() -> str:
@@ -341,27 +603,77 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+async def _run_impl(
+    scenario: Scenario,
+    impl: str,
+    prompts: list[str],
+    calls: FakeCalls,
+    extra: dict[str, Any],
+    scratch: Path,
+) -> list[Any]:
+    """Run ``impl`` once; ``scratch`` is an empty directory for a store's file."""
+    if scenario.kind == "stream":
+        return await run_stream(scenario, calls, extra)
+    if scenario.kind == "resume":
+        return await run_resume(scenario, scratch / "resume.sqlite", prompts, extra)
+    if impl == "baseline":
+        return await run_baseline(scenario, prompts, calls)
+    if impl == "pool":
+        return await run_pool(scenario, prompts, calls)
+    store_path = scratch / "journal.sqlite" if impl in STORE_IMPLS else None
+    return await run_framework(scenario, prompts, calls, extra, store_path)
+
+
+def _prepare_scratch(scenario: Scenario, scratch: Path, extra: dict[str, Any]) -> None:
+    """Untimed set-up in ``scratch``: for a resume scenario, a link to the built store."""
+    if scenario.kind == "resume":
+        built, build_s = resume_store(scenario)
+        if build_s is not None:
+            extra["store_build_s"] = build_s
+        # A hard link: the run opens "its own" file (SQLite puts -wal/-shm beside it) while
+        # the records stay in the cache. The run appends its new item's record to it.
+        (scratch / "resume.sqlite").hardlink_to(built)
+
+
+def _count_records(impl: str, scratch: Path, extra: dict[str, Any]) -> None:
+    """After the clock: how many items the journal holds (a check that every item was)."""
+    path = scratch / "journal.sqlite"
+    if impl in STORE_IMPLS and path.exists():
+        from async_batch_llm.artifacts import SqliteArtifactStore
+
+        store = SqliteArtifactStore(path)
+        try:
+            extra["records"] = store.count()
+        finally:
+            store.close()
+
+
 async def _timed(scenario: Scenario, impl: str, prompts: list[str]) -> dict[str, Any]:
     provider = WindowProvider(STORM_RATE) if scenario.storm else None
     calls = FakeCalls(scenario, provider)
     extra: dict[str, Any] = {}
-    gc.collect()
-    rss_before = current_rss()
-    cpu_started = time.process_time()
-    started = time.perf_counter()
-    if impl == "baseline":
-        results = await run_baseline(scenario, prompts, calls)
-    elif impl == "pool":
-        results = await run_pool(scenario, prompts, calls)
-    else:
-        results = await run_framework(scenario, prompts, calls, extra)
-    wall = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
+    with tempfile.TemporaryDirectory(prefix="abl-bench-") as tmp:
+        scratch = Path(tmp)
+        _prepare_scratch(scenario, scratch, extra)
+        gc.collect()
+        rss_before = current_rss()
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        results = await _run_impl(scenario, impl, prompts, calls, extra, scratch)
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+        _count_records(impl, scratch, extra)
     gc.collect()
     rss_after = current_rss()
+    extra.setdefault("results", len(results))
     extra.setdefault("succeeded", len(results))
     extra.setdefault("failed", 0)
-    extra["results"] = len(results)
+    first_call_at = extra.pop("first_call_at", None)
+    run_started_at = extra.pop("run_started_at", None)
+    if scenario.kind == "resume":
+        extra["first_call_s"] = None if first_call_at is None else first_call_at - started
+        if run_started_at is not None:  # process_all(): the items were built and added first
+            extra["added_s"] = run_started_at - started
     if provider is not None:
         extra["calls"] = provider.calls
         extra["http_429"] = provider.rejected
@@ -379,26 +691,34 @@ async def _retained(scenario: Scenario, impl: str, prompts: list[str]) -> float:
     """Bytes per item still allocated after the run, results kept (tracemalloc)."""
     provider = WindowProvider(STORM_RATE) if scenario.storm else None
     calls = FakeCalls(scenario, provider)
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    if impl == "baseline":
-        results = await run_baseline(scenario, prompts, calls)
-    elif impl == "pool":
-        results = await run_pool(scenario, prompts, calls)
-    else:
-        results = await run_framework(scenario, prompts, calls, {})
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
+    with tempfile.TemporaryDirectory(prefix="abl-bench-") as tmp:
+        scratch = Path(tmp)
+        _prepare_scratch(scenario, scratch, {})
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        results = await _run_impl(scenario, impl, prompts, calls, {}, scratch)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
     assert len(results) == scenario.items
     return (after - before) / scenario.items
+
+
+def _prompts_for(scenario: Scenario) -> list[str]:
+    """The prompt list made before the clock; none for a streamed source, which is a generator
+    (a list of its prompts would be the very memory streaming saves)."""
+    if scenario.kind == "stream" or (scenario.kind == "resume" and scenario.streamed):
+        return []
+    return make_prompts(scenario)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
-    parser.add_argument("--impl", required=True, choices=["baseline", "pool", "ours", "published"])
+    parser.add_argument(
+        "--impl", required=True, choices=["baseline", "pool", "ours", "ours-store", "published"]
+    )
     parser.add_argument("--items", type=int, default=None, help="override the item count")
     parser.add_argument("--memory", action="store_true", help="measure retained bytes per item")
     parser.add_argument(
@@ -407,11 +727,15 @@ def main() -> None:
     args = parser.parse_args()
 
     scenario = SCENARIOS[args.scenario]
+    if scenario.kind != "batch" and args.impl != "ours":
+        parser.error(f"scenario {scenario.name} runs only with --impl ours")
+    if scenario.kind != "batch" and args.memory:
+        parser.error(f"scenario {scenario.name} keeps no results: no --memory run")
     if args.warmup is None:
         args.warmup = 100 if scenario.storm else 2000
     if args.items is not None:
         scenario = Scenario(**{**scenario.__dict__, "items": args.items})
-    prompts = make_prompts(scenario)
+    prompts = _prompts_for(scenario)
     record: dict[str, Any] = {
         "scenario": scenario.name,
         "impl": args.impl,
@@ -419,8 +743,13 @@ def main() -> None:
         "workers": scenario.workers,
         "python": sys.version.split()[0],
     }
-    if args.impl in ("ours", "published"):
+    if args.impl in ("ours", "ours-store", "published"):
         import async_batch_llm  # import time is not part of the measurement
+
+        if args.impl in STORE_IMPLS or scenario.kind != "batch":
+            # Imported before the clock too.
+            import async_batch_llm.artifacts
+            import async_batch_llm.streaming
 
         record["version"] = _version()
         record["package"] = os.path.dirname(async_batch_llm.__file__)
@@ -431,11 +760,13 @@ def main() -> None:
             # Run every code path once on a small batch so the timed run measures steady
             # per-item cost, not first-call costs; memory growth of the real batch stays in.
             warm = Scenario(**{**scenario.__dict__, "items": min(scenario.items, args.warmup)})
-            asyncio.run(_timed(warm, args.impl, make_prompts(warm)))
+            warm_prompts = _prompts_for(warm)
+            asyncio.run(_timed(warm, args.impl, warm_prompts))
         record.update(asyncio.run(_timed(scenario, args.impl, prompts)))
         wall = record["wall_s"]
-        record["items_per_s"] = scenario.items / wall
-        record["us_per_item"] = wall / scenario.items * 1e6
+        total = record["results"]  # a resumed run has its new item on top of the stored ones
+        record["items_per_s"] = total / wall
+        record["us_per_item"] = wall / total * 1e6
         if scenario.latency:
             ideal = math.ceil(scenario.items / scenario.workers) * scenario.latency
             record["ideal_s"] = ideal
