@@ -287,6 +287,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if rate_limit_cooldown is not None:
                 config.rate_limit.cooldown_seconds = rate_limit_cooldown
         config.validate()
+        _refuse_unenforced_quota_fields(config)
         super().__init__(
             max_workers=config.max_workers,
             post_processor=post_processor,
@@ -846,6 +847,33 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if supplied is not None:
                 return supplied
         return None
+
+
+_NOT_YET_ENFORCED = (
+    "max_tokens_per_minute",
+    "max_input_tokens_per_minute",
+    "max_output_tokens_per_minute",
+    "token_estimator",
+    "quota_burst_seconds",
+    "quotas",
+)
+"""Quota fields the config validates but the processor does not enforce yet (BEYOND.md N2)."""
+
+
+def _refuse_unenforced_quota_fields(config: ProcessorConfig) -> None:
+    """Refuse token-quota settings until the admission gate is wired in, instead of ignoring them.
+
+    A limit that is silently not enforced is worse than none: the batch would walk into the 429
+    storm the user configured it to avoid.
+    """
+    given = [name for name in _NOT_YET_ENFORCED if getattr(config, name) is not None]
+    if given:
+        raise NotImplementedError(
+            f"ProcessorConfig.{', '.join(given)} "
+            f"{'is' if len(given) == 1 else 'are'} not enforced by this version's processor yet "
+            "(token-aware admission is being wired in); leave "
+            f"{'it' if len(given) == 1 else 'them'} None and use max_requests_per_minute"
+        )
 
 
 def _resume_policy(resume: object, store: object) -> ResumePolicy:
