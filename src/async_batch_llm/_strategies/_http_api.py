@@ -22,10 +22,10 @@ import hashlib
 import inspect
 import json
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, cast
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from async_batch_llm._internal.retry_after import retry_after_seconds
@@ -41,16 +41,20 @@ __all__ = [
     "ProviderTimeoutError",
     "attach_failed_usage",
     "check_accepted",
+    "check_async_create",
     "check_model",
     "check_output_type",
     "check_request_params",
     "error_for_status",
     "jsonable",
     "make_error",
+    "messages_from",
     "output_type_name",
     "parse_response",
+    "placeholder_reply",
     "schema_digest",
     "tool_name",
+    "validate_reply",
 ]
 
 _NOT_RETRIED_WORDS = ("timeout", "connection")
@@ -270,6 +274,53 @@ def attach_failed_usage(exc: Exception, usage: TokenUsage) -> Exception:
         attributes[FAILED_USAGE_ATTR] = usage
         return exc
     return TokenTrackingError(str(exc), token_usage=usage)
+
+
+def validate_reply(validate: Callable[[], BaseModel], usage: TokenUsage) -> BaseModel:
+    """Run ``validate``; a ``ValidationError`` is raised carrying what the reply cost."""
+    try:
+        return validate()
+    except ValidationError as exc:
+        error = attach_failed_usage(exc, usage)
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def placeholder_reply(output_type: type[BaseModel], prompt: str) -> tuple[Any, TokenUsage]:
+    """A dry run's answer for a structured strategy: ``output_type.model_construct()``."""
+    words = len(prompt.split())
+    usage: TokenUsage = {
+        "input_tokens": words,
+        "output_tokens": 50,
+        "total_tokens": words + 50,
+        "cached_input_tokens": 0,
+    }
+    return output_type.model_construct(), usage
+
+
+def check_async_create(
+    client: object, path: tuple[str, ...], sdk_client: str
+) -> Callable[..., Any]:
+    """``client.<path>`` if it is an async function, else a ``TypeError`` naming ``sdk_client``."""
+    create: object = client
+    for name in path:
+        create = getattr(create, name, None)
+    if not inspect.iscoroutinefunction(create):
+        raise TypeError(
+            f"client must be an {sdk_client} (a client whose {'.'.join(path)} is async), "
+            f"got {type(client).__name__}"
+        )
+    return cast("Callable[..., Any]", create)
+
+
+def messages_from(prompt: object) -> list[dict[str, Any]]:
+    """A ``str`` prompt as one user message; a list of message dicts as is (copied)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        return [dict(m) for m in prompt]
+    raise TypeError(f"prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
 
 
 def jsonable(value: object) -> Any:

@@ -16,29 +16,31 @@ Create the client with ``max_retries=0`` so that the processor does all the retr
 from __future__ import annotations
 
 import importlib.util
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from async_batch_llm._internal.rate_limit_headers import report_rate_limit_headers
 from async_batch_llm._strategies._http_api import (
     ProviderAPIError,
     ProviderConnectionError,
     ProviderTimeoutError,
-    attach_failed_usage,
     check_accepted,
+    check_async_create,
     check_model,
     check_output_type,
     check_request_params,
     error_for_status,
     jsonable,
     make_error,
+    messages_from,
     output_type_name,
     parse_response,
+    placeholder_reply,
     schema_digest,
     tool_name,
+    validate_reply,
 )
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._types import RetryState, TokenUsage, TOutput
@@ -129,7 +131,9 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
     ) -> None:
         if importlib.util.find_spec("anthropic") is None:
             raise ImportError(_INSTALL_HINT)
-        create = _check_client(client)
+        create = check_async_create(
+            client, ("messages", "with_raw_response", "create"), "anthropic.AsyncAnthropic"
+        )
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
             raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
         if max_tokens < 1:
@@ -204,7 +208,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         request = dict(self.request_params)
         request["model"] = self.model
         request["max_tokens"] = self.max_tokens
-        request["messages"] = _messages(prompt)
+        request["messages"] = messages_from(prompt)
         name = None
         if self.output_type is not None:
             name = tool_name(self.output_type)
@@ -232,30 +236,22 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
             (b.input for b in blocks if b.type == "tool_use" and b.name == name),
             None,
         )
-        try:
-            if tool_input is None:
-                output = self.output_type.model_validate_json(text)
-            else:
-                output = self.output_type.model_validate(tool_input)
-        except ValidationError as exc:
-            error = attach_failed_usage(exc, usage)
-            if error is exc:
-                raise
-            raise error from exc
+        output_type = self.output_type
+        output = validate_reply(
+            lambda: (
+                output_type.model_validate_json(text)
+                if tool_input is None
+                else output_type.model_validate(tool_input)
+            ),
+            usage,
+        )
         return cast("TOutput", output), usage
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
         """A placeholder shaped like the output: ``output_type.model_construct()`` or a string."""
         if self.output_type is None:
             return await super().dry_run(prompt)
-        words = len(prompt.split())
-        usage: TokenUsage = {
-            "input_tokens": words,
-            "output_tokens": 50,
-            "total_tokens": words + 50,
-            "cached_input_tokens": 0,
-        }
-        return cast("TOutput", self.output_type.model_construct()), usage
+        return cast("tuple[TOutput, TokenUsage]", placeholder_reply(self.output_type, prompt))
 
     def __repr__(self) -> str:
         output = None if self.output_type is None else self.output_type.__qualname__
@@ -263,28 +259,6 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
             f"{type(self).__name__}(model={self.model!r}, max_tokens={self.max_tokens}, "
             f"output_type={output}, request_params={sorted(self.request_params)!r})"
         )
-
-
-def _check_client(client: object) -> Callable[..., Any]:
-    """A ``TypeError`` unless ``client.messages.with_raw_response.create`` is async."""
-    create: object = client
-    for name in ("messages", "with_raw_response", "create"):
-        create = getattr(create, name, None)
-    if not inspect.iscoroutinefunction(create):
-        raise TypeError(
-            "client must be an anthropic.AsyncAnthropic (a client whose "
-            "messages.with_raw_response.create is async), "
-            f"got {type(client).__name__}"
-        )
-    return cast("Callable[..., Any]", create)
-
-
-def _messages(prompt: object) -> list[dict[str, Any]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
-        return [dict(m) for m in prompt]
-    raise TypeError(f"prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
 
 
 def _tool(name: str, output_type: type[BaseModel]) -> dict[str, Any]:

@@ -30,29 +30,31 @@ swallows never reaches the shared cooldown (nor do its rate-limit headers reach 
 from __future__ import annotations
 
 import importlib.util
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from async_batch_llm._internal.rate_limit_headers import report_rate_limit_headers
 from async_batch_llm._strategies._http_api import (
     ProviderAPIError,
     ProviderConnectionError,
     ProviderTimeoutError,
-    attach_failed_usage,
     check_accepted,
+    check_async_create,
     check_model,
     check_output_type,
     check_request_params,
     error_for_status,
     jsonable,
     make_error,
+    messages_from,
     output_type_name,
     parse_response,
+    placeholder_reply,
     schema_digest,
     tool_name,
+    validate_reply,
 )
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._types import RetryState, TokenUsage, TOutput
@@ -138,7 +140,9 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
     ) -> None:
         if importlib.util.find_spec("openai") is None:
             raise ImportError(_INSTALL_HINT)
-        create = _check_client(client)
+        create = check_async_create(
+            client, ("chat", "completions", "with_raw_response", "create"), "openai.AsyncOpenAI"
+        )
         self.client = client
         self.model = check_model(model)
         self.output_type = check_output_type(output_type)
@@ -206,7 +210,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
 
         request = dict(self.request_params)
         request["model"] = self.model
-        request["messages"] = _messages(prompt)
+        request["messages"] = messages_from(prompt)
         if self.output_type is not None and "response_format" not in request:
             request["response_format"] = _response_format(self.output_type)
         create: Any = self.client.chat.completions.with_raw_response.create
@@ -227,27 +231,15 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         usage = _usage(completion.usage)
         if self.output_type is None:
             return cast("TOutput", text), usage
-        try:
-            output = self.output_type.model_validate_json(text)
-        except ValidationError as exc:
-            error = attach_failed_usage(exc, usage)
-            if error is exc:
-                raise
-            raise error from exc
+        output_type = self.output_type
+        output = validate_reply(lambda: output_type.model_validate_json(text), usage)
         return cast("TOutput", output), usage
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
         """A placeholder shaped like the output: ``output_type.model_construct()`` or a string."""
         if self.output_type is None:
             return await super().dry_run(prompt)
-        words = len(prompt.split())
-        usage: TokenUsage = {
-            "input_tokens": words,
-            "output_tokens": 50,
-            "total_tokens": words + 50,
-            "cached_input_tokens": 0,
-        }
-        return cast("TOutput", self.output_type.model_construct()), usage
+        return cast("tuple[TOutput, TokenUsage]", placeholder_reply(self.output_type, prompt))
 
     def __repr__(self) -> str:
         output = None if self.output_type is None else self.output_type.__qualname__
@@ -255,28 +247,6 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
             f"{type(self).__name__}(model={self.model!r}, output_type={output}, "
             f"request_params={sorted(self.request_params)!r})"
         )
-
-
-def _check_client(client: object) -> Callable[..., Any]:
-    """A ``TypeError`` unless ``client.chat.completions.with_raw_response.create`` is async."""
-    create: object = client
-    for name in ("chat", "completions", "with_raw_response", "create"):
-        create = getattr(create, name, None)
-    if not inspect.iscoroutinefunction(create):
-        raise TypeError(
-            "client must be an openai.AsyncOpenAI (a client whose "
-            "chat.completions.with_raw_response.create is async), "
-            f"got {type(client).__name__}"
-        )
-    return cast("Callable[..., Any]", create)
-
-
-def _messages(prompt: object) -> list[dict[str, Any]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
-        return [dict(m) for m in prompt]
-    raise TypeError(f"prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
 
 
 def _response_format(output_type: type[BaseModel]) -> dict[str, Any]:
