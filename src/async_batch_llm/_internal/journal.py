@@ -92,7 +92,7 @@ class Journal(Generic[TInput, TOutput, TContext]):
             return None  # the item changed since: call it again
         try:
             output = decode_output(record.output_kind, record.output, self.output_type)
-        except (ArtifactStoreError, ValueError) as exc:
+        except ArtifactStoreError as exc:
             # E.g. the output type changed and the old payload no longer validates: paying again
             # is the only way to a result of the type the caller now expects.
             logger.warning(

@@ -353,11 +353,7 @@ def record_to_json_line(record: ArtifactRecord) -> str:
     ``token_usage``, ``created_at``.
     """
     kind = record.output_kind
-    if kind in ("json", "model") and record.output is not None:
-        # The payload is already compact JSON text: splice it in instead of parsing it.
-        output = record.output
-    else:
-        output = json.dumps(record.output)
+    output = embedded_output(kind, record.output)
     return (
         f'{{"item_id":{json.dumps(record.item_id)},'
         f'"fingerprint":{json.dumps(record.fingerprint)},'
@@ -370,6 +366,31 @@ def record_to_json_line(record: ArtifactRecord) -> str:
         f'"token_usage":{json.dumps(dict(record.token_usage), separators=(",", ":"))},'
         f'"created_at":{json.dumps(record.created_at)}}}'
     )
+
+
+def embedded_output(kind: str, payload: str | None) -> str:
+    """The JSON text of an encoded output inside a JSON Lines line (the output as a JSON value)."""
+    if kind in ("json", "model") and payload is not None:
+        # The payload is already compact JSON text: splice it in instead of parsing it.
+        return payload
+    return json.dumps(payload)
+
+
+def payload_from_json(kind: object, value: object) -> str | None:
+    """The inverse of :func:`embedded_output`: the stored payload of a parsed output value.
+
+    Raises:
+        ValueError: the value does not fit the kind.
+    """
+    if kind == "none":
+        if value is not None:
+            raise ValueError("output_kind 'none' with a non-null output")
+        return None
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError("output_kind 'str' with a non-string output")
+        return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 def record_from_json(obj: object) -> ArtifactRecord:
@@ -412,17 +433,7 @@ def record_from_json(obj: object) -> ArtifactRecord:
         for k, v in token_usage.items()
     ):
         raise ValueError("token_usage must map strings to integers")
-    payload: str | None
-    if kind == "none":
-        if value is not None:
-            raise ValueError("output_kind 'none' with a non-null output")
-        payload = None
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise ValueError("output_kind 'str' with a non-string output")
-        payload = value
-    else:
-        payload = json.dumps(value, separators=(",", ":"))
+    payload = payload_from_json(kind, value)
     return ArtifactRecord(
         item_id=item_id,
         fingerprint=fingerprint,

@@ -17,7 +17,9 @@ from async_batch_llm._internal.artifacts.records import (
     ArtifactStoreError,
     UnstorableOutputError,
     decode_output,
+    embedded_output,
     encode_output,
+    payload_from_json,
 )
 from async_batch_llm._types import TokenUsage, WorkItemResult
 
@@ -37,7 +39,7 @@ def write_results(results: Iterable[WorkItemResult[Any, Any]], path: str | os.Pa
                 kind, payload = encode_output(result.output, type(result.output))
             except UnstorableOutputError as exc:
                 raise UnstorableOutputError(f"item {result.item_id!r}: {exc}") from exc
-            output = payload if kind in ("json", "model") else json.dumps(payload)
+            output = embedded_output(kind, payload)
             file.write(
                 f'{{"item_id":{json.dumps(result.item_id)},'
                 f'"success":{"true" if result.success else "false"},'
@@ -74,10 +76,8 @@ def read_results(
                 value = obj["output"]
                 if kind == "model" and output_type is None:
                     output = value
-                elif kind in ("json", "model"):
-                    output = decode_output(kind, json.dumps(value), output_type)
                 else:
-                    output = decode_output(kind, value, output_type)
+                    output = decode_output(kind, payload_from_json(kind, value), output_type)
                 yield WorkItemResult(
                     item_id=obj["item_id"],
                     success=bool(obj["success"]),
