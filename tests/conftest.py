@@ -2,8 +2,8 @@
 
 What is here, and why:
 
-- ``fake_clock``: a :class:`FakeClock`, so cooldowns, backoff waits, slow start and the request
-  limiter run instantly and exactly (pass it as ``ParallelBatchProcessor(clock=...)``).
+- ``fake_clock``: a :class:`FakeClock`, so cooldowns, backoff waits, slow start and quota
+  admission run instantly and exactly (pass it as ``ParallelBatchProcessor(clock=...)``).
 - :class:`ScriptedStrategy`: an ``LLMCallStrategy[str]`` whose calls follow a per-prompt script
   of outcomes (an output, an ``(output, usage)`` pair, or an exception to raise) and which
   records every call, ``prepare``/``cleanup``/``on_error`` included.

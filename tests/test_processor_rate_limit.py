@@ -356,7 +356,12 @@ async def test_retries_are_not_slow_started(fake_clock: FakeClock) -> None:
 # --------------------------------------------------------------------------- proactive limiter
 
 
-async def test_request_limiter_bursts_then_spaces_requests(fake_clock: FakeClock) -> None:
+async def test_request_limiter_paces_requests_without_a_minute_burst(
+    fake_clock: FakeClock,
+) -> None:
+    # Pacing, not bursts (spec N2): the request bucket holds about quota_burst_seconds (1 s)
+    # of refill, at least one request, so 2 a minute admits one now and one every 30 s. 0.6.0
+    # let a whole minute's worth (2) through at once.
     strategy = ScriptedStrategy(clock=fake_clock)
     processor = make_processor(
         fake_clock, config=make_config(max_workers=4, max_requests_per_minute=2)
@@ -364,14 +369,23 @@ async def test_request_limiter_bursts_then_spaces_requests(fake_clock: FakeClock
     await add_all(processor, items(strategy, *"abcde"))
     task = asyncio.create_task(processor.process_all())
     await fake_clock.advance(0.0)
-    assert len(strategy.calls) == 2  # burst capacity = rate
+    assert len(strategy.calls) == 1
     await fake_clock.advance(29.5)
-    assert len(strategy.calls) == 2
+    assert len(strategy.calls) == 1
     await fake_clock.advance(0.5)
-    assert len(strategy.calls) == 3
+    assert len(strategy.calls) == 2
     await fake_clock.run_until_idle()
     await task
-    assert [call.at for call in strategy.calls] == [0.0, 0.0, 30.0, 60.0, 90.0]
+    assert [call.at for call in strategy.calls] == [0.0, 30.0, 60.0, 90.0, 120.0]
+
+
+async def test_request_limiter_bursts_quota_burst_seconds_worth(fake_clock: FakeClock) -> None:
+    strategy = ScriptedStrategy(clock=fake_clock)
+    config = make_config(max_workers=8, max_requests_per_minute=120, quota_burst_seconds=2.0)
+    processor = make_processor(fake_clock, config=config)
+    await run_batch(processor, items(strategy, *"abcdef"), fake_clock)
+    # 2 a second, 2 s of burst: four at once, then one every 0.5 s.
+    assert [call.at for call in strategy.calls] == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0]
 
 
 async def test_request_limiter_applies_to_retries(fake_clock: FakeClock) -> None:
@@ -381,7 +395,7 @@ async def test_request_limiter_applies_to_retries(fake_clock: FakeClock) -> None
     strategy = ScriptedStrategy({"a": [ParseError("x"), ParseError("y")]}, clock=fake_clock)
     processor = make_processor(fake_clock, config=make_config(max_requests_per_minute=2))
     await run_batch(processor, items(strategy, "a"), fake_clock)
-    assert [call.at for call in strategy.calls] == [0.0, 0.0, 30.0]
+    assert [call.at for call in strategy.calls] == [0.0, 30.0, 60.0]
 
 
 async def test_request_limiter_applies_to_dry_runs(fake_clock: FakeClock) -> None:
@@ -404,7 +418,7 @@ async def test_no_limiter_without_max_requests_per_minute(fake_clock: FakeClock)
     processor = make_processor(fake_clock, config=make_config(max_workers=10))
     await run_batch(processor, items(strategy, *[f"i{n}" for n in range(10)]), fake_clock)
     assert [call.at for call in strategy.calls] == [0.0] * 10
-    assert processor._limiter is None
+    assert processor._quota is None
 
 
 async def test_request_limiter_below_one_request_per_minute_still_admits(

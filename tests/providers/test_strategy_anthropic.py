@@ -476,9 +476,25 @@ async def test_an_unreadable_answer_is_retried(
 # --------------------------------------------------------------------------- batches
 
 
-async def test_a_batch_of_fifty_items_has_exact_token_totals(
+async def test_a_batch_of_fifty_items_has_exact_token_totals() -> None:
+    # The server enforces a generous request limit, so its 429 reports that real limit. Without
+    # one it reports Anthropic's fixed tier-1 figures (50 a minute, none remaining), which the
+    # processor learns and honours: 50 items would then take about a minute.
+    async with AnthropicServer(requests_per_minute=60_000) as server:
+        client = anthropic.AsyncAnthropic(base_url=server.url, api_key="test", max_retries=0)
+        try:
+            result = await _fifty_items(server, client)
+        finally:
+            await client.close()
+    assert (result.succeeded, result.failed) == (50, 0)
+    assert server.request_count == 53
+    assert server.status_counts == {200: 50, 529: 1, 429: 1, 500: 1}
+    assert server.max_in_flight <= 8
+
+
+async def _fifty_items(
     server: AnthropicServer, client: anthropic.AsyncAnthropic
-) -> None:
+) -> BatchResult[str, None]:
     prompts = [f"question number {i}" + " extra" * (i % 5) for i in range(50)]
     server.latency = 0.005
     server.script(ServerError(529), RateLimited(retry_after=0.0), ServerError(500))
@@ -496,9 +512,7 @@ async def test_a_batch_of_fifty_items_has_exact_token_totals(
     assert result.total_input_tokens == expected_input
     assert result.total_output_tokens == expected_input + 50
     assert result.total_cached_tokens == 0
-    assert server.request_count == 53
-    assert server.status_counts == {200: 50, 529: 1, 429: 1, 500: 1}
-    assert server.max_in_flight <= 8
+    return result
 
 
 # --------------------------------------------------------------------------- identity

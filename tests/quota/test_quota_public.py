@@ -150,21 +150,3 @@ def test_estimate_too_large_error_is_a_value_error_and_pickles() -> None:
 def test_the_character_estimator_satisfies_the_estimator_protocol() -> None:
     estimator: TokenEstimator = CharacterTokenEstimator()
     assert estimator("abcd", strategy=None, attempt=1, state=None) == TokenEstimate(1, 256)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "field",
-    [
-        {"max_tokens_per_minute": 60_000},
-        {"max_input_tokens_per_minute": 1_000},
-        {"max_output_tokens_per_minute": 1_000},
-        {"quota_burst_seconds": 2.0},
-    ],
-    ids=lambda f: next(iter(f)),
-)
-def test_a_processor_refuses_token_limits_it_does_not_enforce_yet(field: dict[str, Any]) -> None:
-    from async_batch_llm import ParallelBatchProcessor, ProcessorConfig
-
-    name = next(iter(field))
-    with pytest.raises(NotImplementedError, match=f"ProcessorConfig.{name} is not enforced"):
-        ParallelBatchProcessor(config=ProcessorConfig(**field))

@@ -2,7 +2,7 @@
 
 Production code uses :class:`LoopClock` (the running event loop's monotonic clock). Tests pass a
 :class:`async_batch_llm.testing.clock.FakeClock`, which only moves when the test advances it, so
-cooldowns, slow start, backoff and the request limiter are tested exactly and instantly.
+cooldowns, slow start, backoff and quota admission are tested exactly and instantly.
 """
 
 from __future__ import annotations

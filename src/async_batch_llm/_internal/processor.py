@@ -8,8 +8,11 @@ Design notes, for the hot path:
 - Work is known before ``process_all()`` starts (``add_work`` is refused afterwards), so the queue
   is a plain :class:`collections.deque` that workers pop without awaiting.
 - One long-lived coroutine per worker awaits the strategy directly: no task per item or attempt.
-  In the common case (strategy prepared, no middleware, limiter or dry run) the worker makes
-  attempt 1 itself; anything else goes through ``_process_item`` and ``_attempt``.
+  In the common case (strategy prepared, no middleware, quota admission or dry run) the worker
+  makes attempt 1 itself; anything else goes through ``_process_item`` and ``_attempt``.
+- Quota admission (``_internal/quota_runtime.py``) is on only when a limit is declared or a
+  strategy's rate-limit headers revealed one; until then each worker's header sink is a
+  :class:`~async_batch_llm._internal.quota_runtime.HeaderDiscovery` and the fast path stays.
 - Each worker bounds its calls (and its observer calls) with one reusable
   :class:`~async_batch_llm._internal.deadline.TaskDeadline` instead of an ``asyncio.timeout``,
   and its timer handle, per call.
@@ -43,7 +46,15 @@ from async_batch_llm._internal.cooldown import CooldownCoordinator
 from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
 from async_batch_llm._internal.events import OBSERVER_CALLBACK_TIMEOUT, dispatch
 from async_batch_llm._internal.journal import Journal
-from async_batch_llm._internal.limiter import RequestLimiter
+from async_batch_llm._internal.quota_runtime import (
+    Admission,
+    HeaderDiscovery,
+    QuotaRuntime,
+    TokenEstimatorError,
+    admission_declared,
+)
+from async_batch_llm._internal.quota_types import EstimateTooLargeError
+from async_batch_llm._internal.rate_limit_headers import HEADER_SINK
 from async_batch_llm._internal.retry_after import retry_after_seconds
 from async_batch_llm._internal.tokens import add_usage, usage_from_exception
 from async_batch_llm._strategies.base import LLMCallStrategy
@@ -87,6 +98,11 @@ _UNCLASSIFIED = ErrorInfo(
     is_retryable=False, is_rate_limit=False, is_timeout=False, error_category="unknown"
 )
 """What an attempt's error counts as when the error classifier itself raised."""
+
+_REFUSED = ErrorInfo(
+    is_retryable=False, is_rate_limit=False, is_timeout=False, error_category="quota"
+)
+"""An attempt quota admission refused (estimator failure, estimate above a whole limit)."""
 
 
 class _Failure:
@@ -233,7 +249,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         middlewares: ``before_process`` / ``after_process`` / ``on_error`` hooks.
         observers: receive lifecycle events.
         progress_callback: ``(completed, total, item_id)`` every ``progress_interval`` items.
-        clock: time source for cooldowns, backoff waits, slow start and the request limiter
+        clock: time source for cooldowns, backoff waits, slow start and quota admission
             (tests pass :class:`async_batch_llm.testing.clock.FakeClock`).
         artifact_store: journal every result here before it is published (see
             :mod:`async_batch_llm.artifacts`); ``None`` keeps results in memory only.
@@ -287,7 +303,6 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if rate_limit_cooldown is not None:
                 config.rate_limit.cooldown_seconds = rate_limit_cooldown
         config.validate()
-        _refuse_unenforced_quota_fields(config)
         super().__init__(
             max_workers=config.max_workers,
             post_processor=post_processor,
@@ -341,7 +356,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._random: Callable[[], float] = random.random
         self._now: Callable[[], float] = self._clock.time  # refined by _before_batch
         self._cooldown = CooldownCoordinator(self.rate_limit_strategy, self._clock, self._emit)
-        self._limiter: RequestLimiter | None = None
+        # Quota admission of this run (None: nothing declared nor learned, the fast path).
+        self._quota: QuotaRuntime | None = None
+        self._discoveries: dict[int, HeaderDiscovery] = {}
         self.artifact_store = artifact_store
         self.resume = _resume_policy(resume, artifact_store)
         # One reusable attempt deadline per running worker (cheaper than asyncio.timeout).
@@ -375,9 +392,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if store is not None and (self.observers or self.post_processor is not None)
             else None
         )
-        rpm = config.max_requests_per_minute
-        if rpm is not None and self._limiter is None:
-            self._limiter = RequestLimiter(rpm, 60.0, self._clock)
+        self._quota = (
+            QuotaRuntime.from_config(config, self._clock) if admission_declared(config) else None
+        )
         # Attempt durations read the clock twice per attempt; skip LoopClock's indirection.
         clock = self._clock
         self._now = (
@@ -386,12 +403,24 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             else clock.time
         )
 
+    def _enable_quota(self) -> QuotaRuntime:
+        """This run's quota admission, turned on now if it was off (a limit was learned)."""
+        quota = self._quota
+        if quota is None:
+            quota = self._quota = QuotaRuntime.from_config(self.config, self._clock)
+        return quota
+
     # ----------------------------------------------------------------------------- worker
 
     async def _worker_loop(self, worker_id: int) -> None:
         observing = bool(self.observers)
         if observing:
             await self._emit(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})
+        discovery: HeaderDiscovery | None = None
+        if self._quota is None:
+            # The worker task has its own context copy: this sink is the worker's alone.
+            discovery = self._discoveries[worker_id] = HeaderDiscovery(self._enable_quota)
+            HEADER_SINK.set(discovery)
         queue = self._queue
         cooldown = self._cooldown
         post = self.post_processor
@@ -431,15 +460,17 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     ref is None
                     or ref() is not strategy
                     or self.middlewares
-                    or self._limiter is not None
+                    or self._quota is not None
                     or config.dry_run
                 ):
                     result = await self._process_item(item, worker_id)
                 else:
                     # The common case, awaited right here: the strategy is prepared and only
-                    # observers may run around the call (no middleware, limiter or dry run), so
-                    # attempt 1 is _attempt() without its coroutine (keep the two in step).
-                    # A failure continues in _process_item() as attempt 1's.
+                    # observers may run around the call (no middleware, quota admission or dry
+                    # run), so attempt 1 is _attempt() without its coroutine (keep the two in
+                    # step). A failure continues in _process_item() as attempt 1's.
+                    if discovery is not None:
+                        discovery.strategy = strategy
                     observers = self.observers
                     if observers:
                         await dispatch(
@@ -534,6 +565,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         deadline.close()
         if self._deadlines.get(worker_id) is deadline:
             del self._deadlines[worker_id]
+        if discovery is not None and self._discoveries.get(worker_id) is discovery:
+            del self._discoveries[worker_id]
         if observing:
             await self._emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
 
@@ -697,8 +730,19 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 )
             work = replaced
         strategy = work.strategy
-        if self._limiter is not None:
-            await self._limiter.acquire()
+        quota = self._quota
+        admission: Admission | None = None
+        sink_token = None
+        if quota is not None:
+            try:
+                admission = await self._admit(quota, work, attempt, state)
+            except (TokenEstimatorError, EstimateTooLargeError) as refused:
+                return _Failure(refused, _REFUSED, at_attempt=True)
+            sink_token = HEADER_SINK.set(admission.gate.observe_headers)
+        else:
+            discovery = self._discoveries.get(worker_id)
+            if discovery is not None:
+                discovery.strategy = strategy
         config = self.config
         try:
             if config.dry_run:
@@ -733,7 +777,14 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 else:
                     output, usage = _check_call_result(strategy, returned)
         except Exception as exc:
+            if admission is not None:
+                admission.settle(usage_from_exception(exc))
             return await self._attempt_failed(item, strategy, exc, attempt, state, worker_id)
+        finally:
+            if sink_token is not None:
+                HEADER_SINK.reset(sink_token)
+        if admission is not None:
+            admission.settle(usage)
 
         # Positional: half the cost of keywords on the hot path. Field order is
         # (item_id, success, output, error, context, token_usage, gemini_safety_ratings).
@@ -753,6 +804,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 "duration": now() - started,
                 "tokens": usage.get("total_tokens", 0),
             }
+            if admission is not None:
+                data["admission_wait"] = admission.waited
             if self._journal is not None:  # published once committed
                 self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
             else:
@@ -767,6 +820,31 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if cooldown.consecutive:
             cooldown.reset_consecutive()
         return result
+
+    async def _admit(
+        self,
+        quota: QuotaRuntime,
+        work: LLMWorkItem[TInput, TOutput, TContext],
+        attempt: int,
+        state: RetryState,
+    ) -> Admission:
+        """Reserve this attempt in its quota scope, after any shared cooldown.
+
+        A cooldown that began while the reservation waited is waited out too, the reservation
+        given back meanwhile (the call has not started) and taken again afterwards. The
+        admission's ``waited`` sums the time spent waiting in the gate.
+        """
+        cooldown = self._cooldown
+        waited = 0.0
+        while True:
+            if cooldown.paused:
+                await cooldown.wait_resumed()
+            admission = await quota.admit(work.prompt, work.strategy, attempt, state)
+            waited += admission.waited
+            if not cooldown.paused:
+                admission.waited = waited
+                return admission
+            admission.cancel()
 
     async def _attempt_failed(
         self,
@@ -847,33 +925,6 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if supplied is not None:
                 return supplied
         return None
-
-
-_NOT_YET_ENFORCED = (
-    "max_tokens_per_minute",
-    "max_input_tokens_per_minute",
-    "max_output_tokens_per_minute",
-    "token_estimator",
-    "quota_burst_seconds",
-    "quotas",
-)
-"""Quota fields the config validates but the processor does not enforce yet (BEYOND.md N2)."""
-
-
-def _refuse_unenforced_quota_fields(config: ProcessorConfig) -> None:
-    """Refuse token-quota settings until the admission gate is wired in, instead of ignoring them.
-
-    A limit that is silently not enforced is worse than none: the batch would walk into the 429
-    storm the user configured it to avoid.
-    """
-    given = [name for name in _NOT_YET_ENFORCED if getattr(config, name) is not None]
-    if given:
-        raise NotImplementedError(
-            f"ProcessorConfig.{', '.join(given)} "
-            f"{'is' if len(given) == 1 else 'are'} not enforced by this version's processor yet "
-            "(token-aware admission is being wired in); leave "
-            f"{'it' if len(given) == 1 else 'them'} None and use max_requests_per_minute"
-        )
 
 
 def _resume_policy(resume: object, store: object) -> ResumePolicy:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Generic
+from typing import TYPE_CHECKING, Generic
 
 from async_batch_llm._types import RetryState, TokenUsage, TOutput
 
@@ -19,7 +19,21 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
 
     ``execute`` and ``on_error`` may omit the ``state`` parameter; the processor passes it only
     to methods that accept it.
+
+    Attributes:
+        quota_scope: items of strategies with the same scope share quota limits (see
+            :mod:`async_batch_llm.quota`); override as a class attribute or a property.
     """
+
+    if TYPE_CHECKING:
+        # Typed as a read-only property so subclasses may override it with either a class
+        # attribute or a property; at run time it is the class attribute below.
+        @property
+        def quota_scope(self) -> str:
+            """The quota scope whose limits this strategy's attempts count against."""
+            ...
+    else:
+        quota_scope = "default"
 
     async def prepare(self) -> None:
         """Acquire shared resources (a context cache, a client) before the first call."""

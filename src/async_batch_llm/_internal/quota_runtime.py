@@ -1,0 +1,207 @@
+"""Quota admission as the processor uses it: estimate an attempt, reserve it, settle it.
+
+The processor builds one :class:`QuotaRuntime` per run when admission is on (a request or token
+limit or ``quotas`` is declared, or a strategy's rate-limit headers revealed a limit). For each
+physical attempt it calls :meth:`QuotaRuntime.admit`, points
+:data:`~async_batch_llm._internal.rate_limit_headers.HEADER_SINK` at the admission's gate around
+the call, and settles the :class:`Admission` afterwards: :meth:`Admission.settle` with the usage
+the provider reported (or ``None`` to keep the estimate), :meth:`Admission.cancel` when the call
+never started.
+
+Which estimate an attempt reserves, first match wins:
+
+1. ``ProcessorConfig.token_estimator``;
+2. the strategy's ``estimate_tokens(prompt)``, if it defines one;
+3. the shared :class:`LearningEstimator`, when a token limit (declared or learned) is in force;
+4. requests only: ``TokenEstimate(0, 0)``.
+
+When no limit is declared, :class:`HeaderDiscovery` sits in each worker's context instead, so a
+strategy that reports headers still teaches the gates; until it does, the processor keeps its
+zero-configuration fast path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from async_batch_llm._internal.admission import AdmissionGate, GateRegistry, Reservation
+from async_batch_llm._internal.clock import Clock
+from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
+from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
+from async_batch_llm._internal.quota_types import TokenEstimate, TokenEstimator
+
+if TYPE_CHECKING:
+    from async_batch_llm._types import RetryState
+    from async_batch_llm.core.config import ProcessorConfig
+
+__all__ = [
+    "Admission",
+    "HeaderDiscovery",
+    "QuotaRuntime",
+    "TokenEstimatorError",
+    "admission_declared",
+]
+
+_NO_TOKENS = TokenEstimate(0, 0)
+_TOKEN_DIMENSIONS = ("tokens", "input_tokens", "output_tokens")
+
+
+class TokenEstimatorError(Exception):
+    """A token estimator raised or returned something other than a :class:`TokenEstimate`.
+
+    Fails the attempt's item at once (not retried): the estimate is needed before the call.
+    """
+
+
+def admission_declared(config: ProcessorConfig) -> bool:
+    """Whether ``config`` declares any request or token limit (or per-scope ``quotas``)."""
+    return (
+        config.max_requests_per_minute is not None
+        or config.max_tokens_per_minute is not None
+        or config.max_input_tokens_per_minute is not None
+        or config.max_output_tokens_per_minute is not None
+        or bool(config.quotas)
+    )
+
+
+def _describe(estimator: object) -> str:
+    name = getattr(estimator, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    return f"{type(estimator).__qualname__} object"
+
+
+class Admission:
+    """One attempt's admitted reservation, with what the learning estimator needs afterwards.
+
+    Attributes:
+        gate: the gate of the attempt's quota scope (its ``observe_headers`` is the header sink).
+        reservation: the reservation to settle.
+        waited: seconds the attempt waited for admission.
+    """
+
+    __slots__ = ("_learn_chars", "_learner", "gate", "reservation", "waited")
+
+    def __init__(
+        self,
+        gate: AdmissionGate,
+        reservation: Reservation,
+        learner: LearningEstimator | None,
+        learn_chars: int,
+    ) -> None:
+        self.gate = gate
+        self.reservation = reservation
+        self.waited = reservation.waited
+        self._learner = learner
+        self._learn_chars = learn_chars
+
+    def settle(self, usage: Mapping[str, Any] | None) -> None:
+        """The call ran: reconcile with ``usage`` (``None`` keeps the estimate), learn from it."""
+        self.reservation.reconcile(usage)
+        if usage and self._learner is not None:
+            self._learner.observe(self.gate.scope, self._learn_chars, usage)
+
+    def cancel(self) -> None:
+        """The call never started: give the whole reservation back."""
+        self.reservation.cancel()
+
+
+class QuotaRuntime:
+    """The gates of one processor run, its token estimator and the learning fallback.
+
+    Args:
+        registry: the gates by quota scope.
+        estimator: ``ProcessorConfig.token_estimator``, or ``None``.
+    """
+
+    def __init__(self, registry: GateRegistry, estimator: TokenEstimator | None) -> None:
+        self.registry = registry
+        self.estimator = estimator
+        self.learner = LearningEstimator()
+
+    @classmethod
+    def from_config(cls, config: ProcessorConfig, clock: Clock) -> QuotaRuntime:
+        """The runtime for ``config`` (see :meth:`GateRegistry.from_config`)."""
+        return cls(GateRegistry.from_config(config, clock), config.token_estimator)
+
+    async def _call_estimator(
+        self, estimator: Callable[..., Any], name: str, *args: Any, **kwargs: Any
+    ) -> TokenEstimate:
+        try:
+            estimate = estimator(*args, **kwargs)
+            if inspect.isawaitable(estimate):
+                estimate = await estimate
+        except Exception as exc:
+            raise TokenEstimatorError(
+                f"the token estimator {name} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(estimate, TokenEstimate):
+            raise TokenEstimatorError(
+                f"the token estimator {name} must return a TokenEstimate, got "
+                f"{type(estimate).__name__}: {estimate!r:.100}"
+            )
+        return estimate
+
+    async def admit(
+        self, prompt: Any, strategy: object, attempt: int, state: RetryState | None
+    ) -> Admission:
+        """Estimate one attempt and wait for its reservation in the strategy's scope.
+
+        Raises:
+            TokenEstimatorError: the estimator raised or returned something else than a
+                :class:`TokenEstimate`.
+            EstimateTooLargeError: the estimate exceeds a whole per-minute limit.
+        """
+        gate = self.registry.gate(scope_of(strategy))
+        learner: LearningEstimator | None = None
+        chars = 0
+        user = self.estimator
+        if user is not None:
+            estimate = await self._call_estimator(
+                user,
+                f"{_describe(user)} (ProcessorConfig.token_estimator)",
+                prompt,
+                strategy=strategy,
+                attempt=attempt,
+                state=state,
+            )
+        elif callable(own := getattr(strategy, "estimate_tokens", None)):
+            estimate = await self._call_estimator(
+                own, f"{type(strategy).__qualname__}.estimate_tokens", prompt
+            )
+        else:
+            learner = self.learner
+            chars = prompt_characters(prompt)
+            if any(gate.limit(dimension) is not None for dimension in _TOKEN_DIMENSIONS):
+                estimate = learner.estimate(gate.scope, prompt)
+            else:
+                estimate = _NO_TOKENS
+        reservation = await gate.reserve(estimate)
+        return Admission(gate, reservation, learner, chars)
+
+
+class HeaderDiscovery:
+    """A worker's header sink while no limit is declared: the first limit turns admission on.
+
+    The worker sets :attr:`strategy` before each call. Headers that carry a rate limit make the
+    processor's :class:`QuotaRuntime` (through ``enable``) and go to the gate of the strategy's
+    scope; from then on every attempt goes through admission.
+
+    Args:
+        enable: returns the processor's runtime, making it on first use.
+    """
+
+    __slots__ = ("_enable", "strategy")
+
+    def __init__(self, enable: Callable[[], QuotaRuntime]) -> None:
+        self._enable = enable
+        self.strategy: object = None
+
+    def __call__(self, headers: Mapping[str, str]) -> None:
+        snapshots = parse_rate_limit_headers(headers, now=time.time())
+        if not any(snapshot.limit is not None for snapshot in snapshots):
+            return  # nothing to learn a limit from: stay on the fast path
+        self._enable().registry.gate(scope_of(self.strategy)).observe_headers(headers)
