@@ -66,6 +66,8 @@ BEYOND_ALL = {
     "QuotaLimits": "async_batch_llm.quota",
     "OpenAIStrategy": "async_batch_llm.llm_strategies",
     "AnthropicStrategy": "async_batch_llm.llm_strategies",
+    "PriceTable": "async_batch_llm.core",
+    "ModelPrice": "async_batch_llm.core",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
@@ -87,6 +89,9 @@ CORE_ALL = [
     "ResultLike",
     "TOutput",
     "UsageLike",
+    "PriceTable",
+    "ModelPrice",
+    "UnknownModelPriceError",
 ]
 ERRORS = [
     "ErrorClassifier",
@@ -214,6 +219,7 @@ SAME_OBJECT = [
         "OpenAIStrategy": ["async_batch_llm", "async_batch_llm.llm_strategies"],
         "AnthropicStrategy": ["async_batch_llm", "async_batch_llm.llm_strategies"],
         "GeminiCachedModel": ["async_batch_llm", "async_batch_llm.models"],
+        "PriceTable": ["async_batch_llm", "async_batch_llm.core"],
         "FrameworkTimeoutError": [
             "async_batch_llm",
             "async_batch_llm.strategies",

@@ -36,6 +36,8 @@ from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.core import (
     LLMModel,
     ManagedLLMModel,
+    ModelPrice,
+    PriceTable,
     ProcessorConfig,
     RateLimitConfig,
     RetryConfig,
@@ -134,6 +136,8 @@ __all__ = [
     "QuotaLimits",
     "OpenAIStrategy",
     "AnthropicStrategy",
+    "PriceTable",
+    "ModelPrice",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.
