@@ -79,6 +79,9 @@ def test_processing_event_members_values_and_order() -> None:
         ("WORKER_STOPPED", "worker_stopped"),
         ("BATCH_STARTED", "batch_started"),
         ("BATCH_COMPLETED", "batch_completed"),
+        # Added after 0.6.0, after its ten members.
+        ("ATTEMPT_FAILED", "attempt_failed"),
+        ("BATCH_ABORTED", "batch_aborted"),
     ]
 
 

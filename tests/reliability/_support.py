@@ -647,6 +647,10 @@ def assert_batch_matches_oracle(run: BatchRun) -> None:
     assert run.events.failed_items == Counter(failed_ids)
     assert counts[ProcessingEvent.ITEM_STARTED] == sum(run.log.calls.values())
     assert counts[ProcessingEvent.ITEM_COMPLETED] == result.succeeded
+    # Every attempt ends in exactly one ITEM_COMPLETED or ATTEMPT_FAILED.
+    assert counts[ProcessingEvent.ITEM_STARTED] == (
+        counts[ProcessingEvent.ITEM_COMPLETED] + counts[ProcessingEvent.ATTEMPT_FAILED]
+    )
     rate_limited = sum(
         1
         for plan in plans

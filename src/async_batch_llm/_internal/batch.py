@@ -218,9 +218,19 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 for _ in publishers:
                     assert publish_queue is not None
                     publish_queue.put_nowait(None)
-        except BaseException:
+        except BaseException as exc:
             # Spec D10: a cancelled batch leaves no task of ours running, callbacks included.
             await self._cancel_progress_tasks()
+            stats = self._stats
+            await self._emit(
+                ProcessingEvent.BATCH_ABORTED,
+                {
+                    "processed": stats.processed,
+                    "total": stats.total,
+                    "duration": time.time() - (start_time or 0.0),
+                    "error_type": type(exc).__name__,
+                },
+            )
             raise
         finally:
             self._queue.clear()

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
 from async_batch_llm._internal.artifacts.records import ResumePolicy
+from async_batch_llm._internal.attempt_events import attempt_failed_data, strategy_model
 from async_batch_llm._internal.backoff import is_validation_like, retry_wait
 from async_batch_llm._internal.batch import (
     POST_PROCESSOR_EXECUTION_TIMEOUT,
@@ -532,7 +533,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                                 "item_id": item.item_id,
                                 "duration": now() - started,
                                 "tokens": usage.get("total_tokens", 0),
+                                "input_tokens": usage.get("input_tokens", 0),
+                                "output_tokens": usage.get("output_tokens", 0),
                             }
+                            model = strategy_model(strategy)
+                            if model is not None:
+                                data["model"] = model
                             if journal is not None:  # published once committed
                                 deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
                             else:
@@ -719,6 +725,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if self.middlewares:
             replaced = await self._middleware_before(item)
             if replaced is None:
+                if observing:
+                    skipped = attempt_failed_data(
+                        item.item_id, worker_id, attempt, item.strategy, None, None
+                    )
+                    await self._emit(ProcessingEvent.ATTEMPT_FAILED, skipped, deadline)
                 return _Final(
                     WorkItemResult(
                         item_id=item.item_id,
@@ -737,6 +748,14 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             try:
                 admission = await self._admit(quota, work, attempt, state)
             except (TokenEstimatorError, EstimateTooLargeError) as refused:
+                if observing:
+                    await self._emit(
+                        ProcessingEvent.ATTEMPT_FAILED,
+                        attempt_failed_data(
+                            item.item_id, worker_id, attempt, strategy, refused, _REFUSED
+                        ),
+                        deadline,
+                    )
                 return _Failure(refused, _REFUSED, at_attempt=True)
             sink_token = HEADER_SINK.set(admission.gate.observe_headers)
         else:
@@ -803,7 +822,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 "item_id": item.item_id,
                 "duration": now() - started,
                 "tokens": usage.get("total_tokens", 0),
+                "input_tokens": usage.get("input_tokens", 0),
+                "output_tokens": usage.get("output_tokens", 0),
             }
+            model = strategy_model(strategy)
+            if model is not None:
+                data["model"] = model
             if admission is not None:
                 data["admission_wait"] = admission.waited
             if self._journal is not None:  # published once committed
@@ -873,6 +897,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             # attempt's error stands, and is not retried (nothing says it is safe to).
             logger.exception("error classifier failed on %r for item %s", exc, item.item_id)
             info = _UNCLASSIFIED
+        if self.observers:
+            await self._emit(
+                ProcessingEvent.ATTEMPT_FAILED,
+                attempt_failed_data(item.item_id, worker_id, attempt, strategy, exc, info),
+            )
         if info.is_rate_limit:
             self._stats.rate_limit_count += 1
             if self.observers:

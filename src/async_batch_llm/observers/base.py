@@ -14,6 +14,21 @@ class ProcessingEvent(Enum):
 
     The payload keys of each event are listed in the processor documentation; for example
     ``ITEM_COMPLETED`` carries ``item_id``, ``duration`` (seconds) and ``tokens`` (an int).
+
+    The first ten members are those of async-batch-llm 0.6.0, in its order. Two were added after
+    it, so that every attempt and every run has an end an observer can see:
+
+    - ``ATTEMPT_FAILED``: an attempt ended without a result (its call raised, quota admission
+      refused it, or middleware skipped it), emitted right away whether or not the item will be
+      retried. Payload: ``item_id``, ``worker_id``, ``attempt`` (1-based), ``error_type`` (the
+      exception's class name), ``retryable`` and ``rate_limit`` (the classifier's verdict),
+      ``input_tokens``, ``output_tokens`` and ``tokens`` (what the failed call reported, else
+      0), ``skipped`` (``True`` only for a middleware skip, which ends the item) and ``model``
+      when the strategy names one. With it, every ``ITEM_STARTED`` is followed by exactly one
+      ``ITEM_COMPLETED`` or ``ATTEMPT_FAILED`` of the same item, unless the batch is aborted.
+    - ``BATCH_ABORTED``: ``process_all()`` (or a stream) is ending by an exception, usually its
+      cancellation, instead of returning; ``BATCH_COMPLETED`` does not follow. Payload:
+      ``processed``, ``total``, ``duration`` (seconds) and ``error_type``.
     """
 
     ITEM_STARTED = "item_started"
@@ -26,6 +41,8 @@ class ProcessingEvent(Enum):
     WORKER_STOPPED = "worker_stopped"
     BATCH_STARTED = "batch_started"
     BATCH_COMPLETED = "batch_completed"
+    ATTEMPT_FAILED = "attempt_failed"
+    BATCH_ABORTED = "batch_aborted"
 
 
 class ProcessorObserver(ABC):
