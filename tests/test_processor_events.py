@@ -413,3 +413,93 @@ async def test_event_payloads_use_plain_types() -> None:
         assert type(data) is dict
         assert all(type(key) is str for key in data)
     assert recorder.of(E.ITEM_COMPLETED)[0]["tokens"] == USAGE["total_tokens"]
+
+
+# ------------------------------------------------------------- events added after 0.6.0
+
+
+async def test_attempt_failed_reports_every_failed_attempt_as_it_ends(
+    fake_clock: FakeClock,
+) -> None:
+    recorder = EventRecorder()
+    failed_usage: TokenUsage = {"input_tokens": 4, "output_tokens": 1, "total_tokens": 5}
+    cut = ConnectionError("cut")
+    cut.__dict__["_failed_token_usage"] = failed_usage
+    strategy = ScriptedStrategy({"a": [RateLimitError(), cut, ValueError("bad")]})
+    processor = make_processor(fake_clock, observers=[recorder])
+    result = await run_batch(processor, items(strategy, "a"), fake_clock)
+    assert result.failed == 1
+    assert recorder.of(E.ATTEMPT_FAILED) == [
+        {
+            "item_id": "a",
+            "worker_id": 0,
+            "attempt": attempt,
+            "error_type": error_type,
+            "retryable": retryable,
+            "rate_limit": rate_limit,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "tokens": tokens,
+            "skipped": False,
+        }
+        for attempt, error_type, retryable, rate_limit, input_tokens, output_tokens, tokens in [
+            (1, "RateLimitError", True, True, 0, 0, 0),
+            (2, "ConnectionError", True, False, 4, 1, 5),
+            (3, "ValueError", False, False, 0, 0, 0),
+        ]
+    ]
+    kinds = recorder.kinds()
+    # Each ends its attempt: before the rate limit's cooldown, before the next ITEM_STARTED.
+    first = kinds.index(E.ATTEMPT_FAILED)
+    assert kinds[first + 1] is E.RATE_LIMIT_HIT
+    assert kinds.count(E.ITEM_STARTED) == kinds.count(E.ATTEMPT_FAILED) == 3
+    assert kinds.index(E.ITEM_FAILED) > len(kinds) - 1 - kinds[::-1].index(E.ATTEMPT_FAILED)
+
+
+async def test_attempt_events_name_the_strategys_model() -> None:
+    class Named(ScriptedStrategy):
+        model = "m-1"
+
+    recorder = EventRecorder()
+    strategy = Named({"a": [ConnectionError("x")]})
+    config = make_config(retry_initial_wait=0.001)
+    await run_batch(make_processor(config=config, observers=[recorder]), items(strategy, "a"))
+    assert recorder.of(E.ATTEMPT_FAILED)[0]["model"] == "m-1"
+    assert recorder.of(E.ITEM_COMPLETED)[0]["model"] == "m-1"
+
+
+async def test_a_middleware_skip_ends_its_attempt_with_attempt_failed() -> None:
+    class SkipAll(BaseMiddleware[str, str, Any]):
+        async def before_process(
+            self, work_item: LLMWorkItem[str, str, Any]
+        ) -> LLMWorkItem[str, str, Any] | None:
+            return None
+
+    recorder = EventRecorder()
+    processor = make_processor(observers=[recorder], middlewares=[SkipAll()])
+    await run_batch(processor, items(ScriptedStrategy(), "a"))
+    (skipped,) = recorder.of(E.ATTEMPT_FAILED)
+    assert skipped["error_type"] == "SkippedByMiddleware"
+    assert (skipped["skipped"], skipped["retryable"], skipped["attempt"]) == (True, False, 1)
+
+
+async def test_batch_aborted_is_emitted_when_the_batch_is_cancelled() -> None:
+    recorder = EventRecorder()
+    gate = asyncio.Event()
+    strategy = ScriptedStrategy(gate=gate)
+    processor = make_processor(observers=[recorder])
+    for item in items(strategy, "a", "b"):
+        await processor.add_work(item)
+    task = asyncio.create_task(processor.process_all())
+    while not strategy.calls:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (aborted,) = recorder.of(E.BATCH_ABORTED)
+    assert set(aborted) == {"processed", "total", "duration", "error_type"}
+    assert (aborted["processed"], aborted["total"]) == (0, 2)
+    assert aborted["error_type"] == "CancelledError"
+    assert aborted["duration"] >= 0
+    assert recorder.kinds()[-1] is E.BATCH_ABORTED
+    assert recorder.of(E.BATCH_COMPLETED) == []

@@ -320,3 +320,18 @@ async def test_no_admission_without_limits(fake_clock: FakeClock) -> None:
     await run_batch(processor, items(strategy, "a"), fake_clock)
     assert processor._quota is None
     assert "admission_wait" not in recorder.of(ProcessingEvent.ITEM_COMPLETED)[0]
+
+
+async def test_a_refused_attempt_ends_with_attempt_failed(fake_clock: FakeClock) -> None:
+    def broken(prompt: Any, *, strategy: object, attempt: int, state: RetryState | None) -> Any:
+        raise RuntimeError("no estimate")
+
+    recorder = EventRecorder()
+    config = make_config(max_tokens_per_minute=TPM, token_estimator=broken)
+    processor = make_processor(fake_clock, config=config, observers=[recorder])
+    await run_batch(processor, items(ScriptedStrategy(clock=fake_clock), "a"), fake_clock)
+    (refused,) = recorder.of(ProcessingEvent.ATTEMPT_FAILED)
+    assert refused["error_type"] == "TokenEstimatorError"
+    assert (refused["attempt"], refused["retryable"], refused["skipped"]) == (1, False, False)
+    kinds = recorder.kinds()
+    assert kinds.index(ProcessingEvent.ATTEMPT_FAILED) < kinds.index(ProcessingEvent.ITEM_FAILED)
