@@ -58,6 +58,7 @@ def test_module_exports() -> None:
     assert observers_pkg.__all__ == [
         "BaseObserver",
         "MetricsObserver",
+        "OpenTelemetryObserver",
         "ProcessingEvent",
         "ProcessorObserver",
     ]
