@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from async_batch_llm import BaseMiddleware, LLMWorkItem, ProcessingEvent, TokenUsage
 from async_batch_llm.observers import OpenTelemetryObserver
-from async_batch_llm.testing.clock import FakeClock
+from async_batch_llm.testing.clock import FakeClock, wait_all_tasks_blocked
 from tests.conftest import (
     USAGE,
     EventRecorder,
@@ -149,7 +149,8 @@ async def test_one_span_per_item_and_one_child_per_attempt(
     first, second = telemetry.attempts("retried")
     item = telemetry.item("retried")
     assert _context(first).trace_id == _context(item).trace_id
-    assert item.kind is SpanKind.INTERNAL and first.kind is SpanKind.CLIENT
+    assert item.kind is SpanKind.INTERNAL
+    assert first.kind is SpanKind.CLIENT
     assert attrs(item)["async_batch_llm.item.attempts"] == 2
     assert attrs(item)["async_batch_llm.item.outcome"] == "success"
     assert item.status.status_code is StatusCode.UNSET
@@ -160,11 +161,9 @@ async def test_one_span_per_item_and_one_child_per_attempt(
     assert second.status.status_code is StatusCode.UNSET
     assert "error.type" not in attrs(second)
     # The attempts lie inside their item, one after the other.
-    assert item.start_time is not None and item.end_time is not None
-    assert first.start_time is not None and first.end_time is not None
-    assert second.start_time is not None and second.end_time is not None
-    assert item.start_time <= first.start_time <= first.end_time <= second.start_time
-    assert second.end_time <= item.end_time
+    times = [(span.start_time or 0, span.end_time or 0) for span in (item, first, second)]
+    (item_start, item_end), (first_start, first_end), (second_start, second_end) = times
+    assert 0 < item_start <= first_start <= first_end <= second_start <= second_end <= item_end
     assert telemetry.open.started == telemetry.open.ended == 5
 
 
@@ -340,7 +339,8 @@ async def test_item_spans_are_children_of_the_callers_span(telemetry: Telemetry)
         await processor.process_all()
     for item_id in ("a", "b"):
         parent = telemetry.item(item_id).parent
-        assert parent is not None and parent.span_id == job.get_span_context().span_id
+        assert parent is not None
+        assert parent.span_id == job.get_span_context().span_id
 
 
 async def test_two_batches_sharing_the_observer_keep_their_items_apart(
@@ -358,8 +358,8 @@ async def test_two_batches_sharing_the_observer_keep_their_items_apart(
         await run_batch(processor, items(strategy, "a"))
 
     runs = asyncio.gather(run(first), run(second))
-    while not (first.calls and second.calls):
-        await asyncio.sleep(0)
+    await wait_all_tasks_blocked()
+    assert (len(first.calls), len(second.calls)) == (1, 1)
     gate.set()
     await runs
     both = telemetry.spans("async_batch_llm.item")
@@ -392,9 +392,9 @@ async def test_no_span_is_left_open_after_a_cancelled_batch(telemetry: Telemetry
     processor = make_processor(config=make_config(max_workers=3), observers=[telemetry.observer])
     await add_all(processor, items(strategy, "a", "b", "c", "d"))
     task = asyncio.create_task(processor.process_all())
-    while len(strategy.calls) < 3:
-        await asyncio.sleep(0)
-    assert telemetry.open.started == 6 and telemetry.open.ended == 0
+    await wait_all_tasks_blocked()
+    assert len(strategy.calls) == 3
+    assert (telemetry.open.started, telemetry.open.ended) == (6, 0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -20,7 +20,7 @@ from async_batch_llm import (
     TokenUsage,
     WorkItemResult,
 )
-from async_batch_llm.testing.clock import FakeClock
+from async_batch_llm.testing.clock import FakeClock, wait_all_tasks_blocked
 from tests.conftest import (
     USAGE,
     EventRecorder,
@@ -491,8 +491,8 @@ async def test_batch_aborted_is_emitted_when_the_batch_is_cancelled() -> None:
     for item in items(strategy, "a", "b"):
         await processor.add_work(item)
     task = asyncio.create_task(processor.process_all())
-    while not strategy.calls:
-        await asyncio.sleep(0)
+    await wait_all_tasks_blocked()
+    assert len(strategy.calls) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -503,3 +503,15 @@ async def test_batch_aborted_is_emitted_when_the_batch_is_cancelled() -> None:
     assert aborted["duration"] >= 0
     assert recorder.kinds()[-1] is E.BATCH_ABORTED
     assert recorder.of(E.BATCH_COMPLETED) == []
+
+
+async def test_a_strategy_model_property_that_raises_costs_nothing() -> None:
+    class Broken(ScriptedStrategy):
+        @property
+        def model(self) -> str:
+            raise RuntimeError("no model")
+
+    recorder = EventRecorder()
+    result = await run_batch(make_processor(observers=[recorder]), items(Broken(), "a"))
+    assert result.succeeded == 1
+    assert "model" not in recorder.of(E.ITEM_COMPLETED)[0]

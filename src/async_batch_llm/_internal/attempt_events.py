@@ -21,10 +21,13 @@ SKIPPED_ERROR_TYPE = "SkippedByMiddleware"
 def strategy_model(strategy: object) -> str | None:
     """The model a strategy calls, when it says: a ``str`` ``model`` attribute (the built-in
     OpenAI and Anthropic strategies), or that object's ``model_name`` (pydantic-ai models)."""
-    model = getattr(strategy, "model", None)
-    if type(model) is str:
-        return model
-    name = getattr(model, "model_name", None) if model is not None else None
+    try:
+        model = getattr(strategy, "model", None)
+        if type(model) is str:
+            return model
+        name = getattr(model, "model_name", None) if model is not None else None
+    except Exception:  # a property that raises must not cost the item its result
+        return None
     return name if type(name) is str else None
 
 

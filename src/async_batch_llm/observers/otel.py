@@ -220,9 +220,7 @@ class OpenTelemetryObserver(BaseObserver):
     # ------------------------------------------------------------------------- attempts
 
     def _start_item(self, item_id: str, start: int | None = None) -> _Item:
-        span = self._tracer.start_span(
-            ITEM_SPAN, attributes={ITEM_ID: item_id}, start_time=start
-        )
+        span = self._tracer.start_span(ITEM_SPAN, attributes={ITEM_ID: item_id}, start_time=start)
         return _Item(span)
 
     def _attempt_started(self, data: dict[str, Any]) -> None:
