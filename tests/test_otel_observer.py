@@ -516,3 +516,37 @@ async def test_hot_path_is_untouched_without_observers(fake_clock: FakeClock) ->
     strategy = CountingModel({"a": [ConnectionError("x")]})
     await run_batch(make_processor(fake_clock), items(strategy, "a", "b"), fake_clock)
     assert CountingModel.reads == 0
+
+
+async def test_leaving_a_stream_early_leaves_no_span_open(telemetry: Telemetry) -> None:
+    from async_batch_llm import process_stream
+
+    class Slow(ScriptedStrategy):
+        """Every call after the first three waits until cancelled."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.never = asyncio.Event()
+
+        async def execute(
+            self, prompt: str, attempt: int, timeout: float, state: Any = None
+        ) -> tuple[str, TokenUsage]:
+            if len(self.calls) >= 3:
+                await self.never.wait()
+            return await super().execute(prompt, attempt, timeout, state)
+
+    prompts = [f"p{i}" for i in range(20)]
+    done = 0
+    stream = process_stream(
+        Slow(), prompts, config=make_config(max_workers=4), observers=[telemetry.observer]
+    )
+    async with stream:
+        async for result in stream:
+            done += result.success
+            if done == 2:
+                break
+    assert telemetry.open.started == telemetry.open.ended > 0
+    outcomes = {
+        attrs(s)["async_batch_llm.item.outcome"] for s in telemetry.spans("async_batch_llm.item")
+    }
+    assert "aborted" in outcomes

@@ -263,14 +263,12 @@ class OpenTelemetryObserver(BaseObserver):
         if span is None:
             return
         item.attempt_span = None
-        span.set_attribute(INPUT_TOKENS, input_tokens)
-        span.set_attribute(OUTPUT_TOKENS, output_tokens)
-        if item.model is not None:
-            span.set_attribute(MODEL, item.model)
         if error_type is not None:
-            span.set_attribute(ERROR_TYPE, error_type)
             span.set_status(self._error, error_type)
             attributes[ERROR_TYPE] = error_type
+        span.set_attributes(
+            {**attributes, INPUT_TOKENS: input_tokens, OUTPUT_TOKENS: output_tokens}
+        )
         end = max(end, item.attempt_start)
         span.end(end)
         self._duration_histogram.record((end - item.attempt_start) / 1e9, attributes)
@@ -289,8 +287,12 @@ class OpenTelemetryObserver(BaseObserver):
             return  # its ITEM_STARTED was not seen (observer attached mid-run)
         span = item.attempt_span
         if span is not None:
-            span.set_attribute(RETRYABLE, bool(data.get("retryable")))
-            span.set_attribute(RATE_LIMITED, bool(data.get("rate_limit")))
+            span.set_attributes(
+                {
+                    RETRYABLE: bool(data.get("retryable")),
+                    RATE_LIMITED: bool(data.get("rate_limit")),
+                }
+            )
         error_type = str(data.get("error_type") or "Exception")
         self._close_attempt(item, data, "failure", error_type, time.time_ns())
         if data.get("skipped"):  # a middleware skip ends the item; no ITEM_FAILED follows
@@ -332,25 +334,28 @@ class OpenTelemetryObserver(BaseObserver):
     ) -> None:
         span = item.span
         replayed = bool(data.get("replayed"))
-        span.set_attribute(ITEM_ATTEMPTS, item.attempts)
-        span.set_attribute(ITEM_OUTCOME, outcome)
-        span.set_attribute(ITEM_REPLAYED, replayed)
-        span.set_attribute(INPUT_TOKENS, item.input)
-        span.set_attribute(OUTPUT_TOKENS, item.output)
+        attributes: dict[str, Any] = {
+            ITEM_ATTEMPTS: item.attempts,
+            ITEM_OUTCOME: outcome,
+            ITEM_REPLAYED: replayed,
+            INPUT_TOKENS: item.input,
+            OUTPUT_TOKENS: item.output,
+        }
         if item.model is not None:
-            span.set_attribute(MODEL, item.model)
+            attributes[MODEL] = item.model
         wait = _number(data.get("admission_wait"))
         if wait is not None:
-            span.set_attribute(ADMISSION_WAIT, wait)
+            attributes[ADMISSION_WAIT] = wait
             self._admission_histogram.record(wait)
         cost = _number(data.get("cost"))
         if cost is not None:
-            span.set_attribute(COST, cost)
+            attributes[COST] = cost
             if cost > 0:
                 self._cost_counter.add(cost)
         if error_type is not None:
-            span.set_attribute(ERROR_TYPE, error_type)
+            attributes[ERROR_TYPE] = error_type
             span.set_status(self._error, error_type)
+        span.set_attributes(attributes)
         span.end()
         self._items_counter.add(1, {OUTCOME: outcome, ITEM_REPLAYED: replayed})
 
