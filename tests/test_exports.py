@@ -66,6 +66,8 @@ BEYOND_ALL = {
     "QuotaLimits": "async_batch_llm.quota",
     "OpenAIStrategy": "async_batch_llm.llm_strategies",
     "AnthropicStrategy": "async_batch_llm.llm_strategies",
+    "GuardrailConfig": "async_batch_llm.core",
+    "BatchTermination": "async_batch_llm.base",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
@@ -78,6 +80,7 @@ BASE_TIMING = [
 ]
 PARALLEL_TIMING = ["OBSERVER_CALLBACK_TIMEOUT", "POST_PROCESSOR_TIMEOUT"]
 CORE_ALL = [
+    "GuardrailConfig",
     "ProcessorConfig",
     "RateLimitConfig",
     "RetryConfig",
@@ -106,6 +109,7 @@ MODULE_MAP: dict[str, list[str]] = {
         "LLMWorkItem",
         "WorkItemResult",
         "BatchResult",
+        "BatchTermination",
         "ProcessingStats",
         "PostProcessorFunc",
         "ProgressCallbackFunc",

@@ -23,6 +23,7 @@ from async_batch_llm.artifacts import (
 from async_batch_llm.base import (
     BatchProcessor,
     BatchResult,
+    BatchTermination,
     LLMResponse,
     LLMWorkItem,
     PostProcessorFunc,
@@ -34,6 +35,7 @@ from async_batch_llm.base import (
 )
 from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.core import (
+    GuardrailConfig,
     LLMModel,
     ManagedLLMModel,
     ProcessorConfig,
@@ -134,6 +136,8 @@ __all__ = [
     "QuotaLimits",
     "OpenAIStrategy",
     "AnthropicStrategy",
+    "GuardrailConfig",
+    "BatchTermination",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.

@@ -1,6 +1,7 @@
 """Configuration and model protocols."""
 
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig
+from async_batch_llm.core.guardrails import GuardrailConfig
 from async_batch_llm.core.protocols import (
     AgentLike,
     LLMModel,
@@ -12,6 +13,7 @@ from async_batch_llm.core.protocols import (
 
 __all__ = [
     "AgentLike",
+    "GuardrailConfig",
     "LLMModel",
     "ManagedLLMModel",
     "ProcessorConfig",
