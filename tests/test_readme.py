@@ -68,8 +68,14 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "dry-run",
         "config-reference",
         "resumable",
+        "budgets",
     }
     assert set(snippets()) == covered
+
+
+def test_budgets_snippet_stops_at_the_cost_cap() -> None:
+    _, printed = run_snippet("budgets")
+    assert printed.splitlines() == ["budget_exceeded", "True", "True"]
 
 
 def test_basic_example_prints_success_and_tokens() -> None:
