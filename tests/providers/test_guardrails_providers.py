@@ -338,3 +338,37 @@ async def test_the_emulators_answer_account_faults_with_the_real_status_and_body
             answers.append((gerr.value.code, gerr.value.status))
         await gclient.aio.aclose()
     assert answers == [(400, "INVALID_ARGUMENT"), (404, "NOT_FOUND")]
+
+
+async def test_batch_timeout_returns_on_time_through_the_real_sdk(
+    openai_server: OpenAIServer,
+) -> None:
+    """1 s budget on a 10 s job (80 calls of 0.5 s, 4 workers): returns promptly, one result
+    per item, no request after the deadline."""
+    arrivals: list[float] = []
+
+    def record(request: Any) -> None:
+        arrivals.append(time.monotonic())
+
+    openai_server.fault_fn = record
+    openai_server.latency = 0.5
+    strategy, classifier, close = openai_setup(openai_server)
+    started = time.monotonic()
+    try:
+        batch = await run(
+            strategy,
+            80,
+            classifier=classifier,
+            workers=4,
+            guardrails=GuardrailConfig(batch_timeout=1.0),
+        )
+    finally:
+        await close()
+    elapsed = time.monotonic() - started
+
+    assert batch.termination.kind == "batch_timeout"
+    assert len(batch.results) == 80
+    assert elapsed < 1.0 + 1.0  # the issue's target is 0.5 s of slack; CI machines are shared
+    assert all(at - started < 1.0 for at in arrivals)
+    assert {r.error_category for r in batch.results if not r.success} == {"batch_timeout"}
+    print(f"batch_timeout=1.0: returned after {elapsed:.2f} s, {len(arrivals)} requests")

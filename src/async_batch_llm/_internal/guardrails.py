@@ -599,6 +599,25 @@ class Guard:
             item_id,
         )
 
+    def settle(
+        self, charge: Charge, usage: Mapping[str, Any] | None, worker_id: int, ran: bool
+    ) -> CostFunctionError | None:
+        """Reconcile an attempt's reservation and add its cost to the worker's current item.
+
+        Returns the error when ``cost_function`` could not price the attempt (the attempt's
+        usage is attached to it, so the item keeps its tokens), else ``None``.
+        """
+        assert self.ledger is not None
+        try:
+            cost = self.ledger.settle(charge, usage, ran=ran)
+        except CostFunctionError as failed:
+            failed.__dict__["_failed_token_usage"] = dict(usage or {})
+            return failed
+        slot = self.slots.get(worker_id)
+        if slot is not None:
+            slot.cost += cost
+        return None
+
     async def run_batch_timer(self, seconds: float) -> None:
         """Stop the batch with ``"batch_timeout"`` after ``seconds`` on the clock."""
         await self.clock.sleep(seconds)
@@ -619,6 +638,26 @@ class Guard:
                     "item_timeout",
                 )
             )
+
+    def interrupted_result(
+        self, item: LLMWorkItem[Any, Any, Any], slot: WorkerSlot, why: BatchTermination
+    ) -> WorkItemResult[Any, Any]:
+        """The failure of the item ``slot``'s worker was on when ``why`` interrupted it, with
+        the tokens (and cost) of the attempts it had finished."""
+        result = self.stopped_result(item, why)
+        mine = slot.spent_for is item
+        if mine and slot.spent:
+            spent = slot.spent
+            result.token_usage = {
+                "input_tokens": spent.get("input_tokens", 0),
+                "output_tokens": spent.get("output_tokens", 0),
+                "total_tokens": spent.get("total_tokens", 0),
+            }
+            if spent.get("cached_input_tokens"):
+                result.token_usage["cached_input_tokens"] = spent["cached_input_tokens"]
+        if self.priced:
+            result.cost = slot.cost if mine else 0.0
+        return result
 
     @staticmethod
     def failure(why: BatchTermination) -> tuple[str, str]:

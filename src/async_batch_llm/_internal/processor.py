@@ -649,12 +649,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         """The result of an item a stop or its deadline interrupted; its spend is kept."""
         if made is not None:  # the call had succeeded; an observer was being told
             return made
-        result: WorkItemResult[TOutput, TContext] = self._guard.stopped_result(item, why)
-        mine = slot.spent_for is item
-        if mine and slot.spent:
-            result.token_usage = _merged_usage(slot.spent, {})
-        if self._guard.priced:
-            result.cost = slot.cost if mine else 0.0
+        result: WorkItemResult[TOutput, TContext] = self._guard.interrupted_result(item, slot, why)
         assert result.error is not None
         await self._item_failed(item.item_id, result.error.split(":", 1)[0])
         return result
@@ -923,9 +918,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if admission is not None:
                 admission.settle(usage_from_exception(exc))
             if charge is not None:
-                priced = self._settle(charge, usage_from_exception(exc), worker_id, exc)
-                if priced is not None:
-                    return priced
+                ran = isinstance(exc, TimeoutError)
+                unpriced = self._guard.settle(charge, usage_from_exception(exc), worker_id, ran)
+                if unpriced is not None:
+                    return _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
             return await self._attempt_failed(item, strategy, exc, attempt, state, worker_id)
         except BaseException:
             if charge is not None:  # cancelled mid-call: it may have been billed
@@ -939,9 +935,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if admission is not None:
             admission.settle(usage)
         if charge is not None:
-            priced = self._settle(charge, usage, worker_id, None)
-            if priced is not None:
-                return priced
+            unpriced = self._guard.settle(charge, usage, worker_id, False)
+            if unpriced is not None:
+                return _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
 
         # Positional: half the cost of keywords on the hot path. Field order is
         # (item_id, success, output, error, context, token_usage, gemini_safety_ratings).
@@ -977,30 +973,6 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if cooldown.consecutive:
             cooldown.reset_consecutive()
         return result
-
-    def _settle(
-        self,
-        charge: Any,
-        usage: Mapping[str, Any] | None,
-        worker_id: int,
-        exc: Exception | None,
-    ) -> _Failure | None:
-        """Reconcile an attempt's reservation and add its cost to the item's.
-
-        Returns the item's failure when ``cost_function`` could not price the attempt (its
-        tokens are kept on the error), else ``None``.
-        """
-        ledger = self._guard.ledger
-        assert ledger is not None
-        try:
-            cost = ledger.settle(charge, usage, ran=isinstance(exc, TimeoutError))
-        except CostFunctionError as failed:
-            failed.__dict__["_failed_token_usage"] = dict(usage or {})
-            return _Failure(failed, _UNCLASSIFIED, "unknown", at_attempt=True)
-        slot = self._guard.slots.get(worker_id)
-        if slot is not None:
-            slot.cost += cost
-        return None
 
     async def _admit(
         self,
