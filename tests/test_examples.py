@@ -159,14 +159,15 @@ def test_openai_example_retries_a_429_and_a_malformed_reply() -> None:
     assert "server saw 8 requests, statuses {200: 7, 429: 1}" in out
 
 
-def test_anthropic_example_retries_a_529_and_a_429() -> None:
+def test_anthropic_example_retries_a_529_a_429_and_an_unusable_answer() -> None:
     out = run_example("example_anthropic.py")
     assert "HTTP 529; retrying with backoff" in out
     assert "429, retry-after 0.5s; every worker pauses" in out
+    assert "the answer is not a valid Triage; asking again" in out
     assert "ticket-2  bug" in out
     assert "5/5 succeeded" in out
     assert token_totals(out)[0] > 0
-    assert "statuses {200: 5, 429: 1, 529: 1}" in out
+    assert "statuses {200: 6, 429: 1, 529: 1}" in out
 
 
 def test_langchain_example_answers_from_retrieved_passages() -> None:
