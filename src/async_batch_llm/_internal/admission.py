@@ -613,6 +613,10 @@ class GateRegistry:
             )
         return gate
 
+    def unused_scopes(self) -> list[str]:
+        """The scopes given limits in ``quotas`` that no attempt has used, sorted."""
+        return sorted(scope for scope in self._quotas if scope not in self._gates)
+
     def statistics(self) -> dict[str, GateStatistics]:
         """A snapshot of every gate made so far, by scope."""
         return {scope: gate.statistics() for scope, gate in self._gates.items()}

@@ -403,6 +403,22 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             else clock.time
         )
 
+    def _after_batch(self) -> None:
+        quota = self._quota
+        if quota is None:
+            return
+        used = sorted(quota.registry.statistics())  # the scopes whose gate an attempt used
+        unused = quota.registry.unused_scopes()
+        if unused and used:
+            warnings.warn(
+                f"ProcessorConfig.quotas sets limits for {', '.join(map(repr, unused))}, but no "
+                f"item of this batch used {'that scope' if len(unused) == 1 else 'those scopes'}"
+                f" (scopes used: {', '.join(map(repr, used))}); a strategy's "
+                "quota_scope must match the key exactly, e.g. 'openai:gpt-4o-mini'",
+                UserWarning,
+                stacklevel=2,
+            )
+
     def _enable_quota(self) -> QuotaRuntime:
         """This run's quota admission, turned on now if it was off (a limit was learned)."""
         quota = self._quota
