@@ -66,6 +66,8 @@ BEYOND_ALL = {
     "QuotaLimits": "async_batch_llm.quota",
     "OpenAIStrategy": "async_batch_llm.llm_strategies",
     "AnthropicStrategy": "async_batch_llm.llm_strategies",
+    "PriceTable": "async_batch_llm.core",
+    "ModelPrice": "async_batch_llm.core",
     "GuardrailConfig": "async_batch_llm.core",
     "BatchTermination": "async_batch_llm.base",
 }
@@ -90,6 +92,9 @@ CORE_ALL = [
     "ResultLike",
     "TOutput",
     "UsageLike",
+    "PriceTable",
+    "ModelPrice",
+    "UnknownModelPriceError",
 ]
 ERRORS = [
     "ErrorClassifier",
@@ -218,6 +223,7 @@ SAME_OBJECT = [
         "OpenAIStrategy": ["async_batch_llm", "async_batch_llm.llm_strategies"],
         "AnthropicStrategy": ["async_batch_llm", "async_batch_llm.llm_strategies"],
         "GeminiCachedModel": ["async_batch_llm", "async_batch_llm.models"],
+        "PriceTable": ["async_batch_llm", "async_batch_llm.core"],
         "FrameworkTimeoutError": [
             "async_batch_llm",
             "async_batch_llm.strategies",

@@ -38,6 +38,8 @@ from async_batch_llm.core import (
     GuardrailConfig,
     LLMModel,
     ManagedLLMModel,
+    ModelPrice,
+    PriceTable,
     ProcessorConfig,
     RateLimitConfig,
     RetryConfig,
@@ -136,6 +138,8 @@ __all__ = [
     "QuotaLimits",
     "OpenAIStrategy",
     "AnthropicStrategy",
+    "PriceTable",
+    "ModelPrice",
     "GuardrailConfig",
     "BatchTermination",
 ]

@@ -13,6 +13,7 @@ from async_batch_llm import (
     GuardrailConfig,
     LLMCallStrategy,
     LLMWorkItem,
+    PriceTable,
     RetryState,
     TokenEstimate,
     TokenUsage,
@@ -240,3 +241,30 @@ async def test_100_workers_spend_within_the_documented_bound_of_a_cost_cap() -> 
         f"reserve-before-call: spent ${spent:.4f} of ${cap} in {calls} calls; "
         f"check-after-call: spent ${naive_spent:.4f} in {naive_calls} calls"
     )
+
+
+class Named(ScriptedStrategy):
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.model = model
+
+
+async def test_a_cost_cap_without_cost_function_prices_with_the_default_price_table() -> None:
+    known, unknown = Named("gpt-4o-mini"), Named("my-private-model")
+    config = make_config(
+        token_estimator=estimate_15,
+        guardrails=GuardrailConfig(max_total_cost=10.0, abort_on_error_categories=frozenset()),
+    )
+    work = [
+        LLMWorkItem(item_id="known", strategy=known, prompt="a"),
+        LLMWorkItem(item_id="unknown", strategy=unknown, prompt="b"),
+    ]
+    batch = await run_batch(make_processor(config=config), work)
+    results = {r.item_id: r for r in batch.results}
+    expected = PriceTable.default().cost("gpt-4o-mini", {"input_tokens": 10, "output_tokens": 5})
+    assert results["known"].success
+    assert results["known"].cost == pytest.approx(expected)
+    assert results["unknown"].success is False
+    error = results["unknown"].error or ""
+    assert "cannot price model 'my-private-model'" in error
+    assert unknown.calls == []  # refused at its reservation: nothing was spent

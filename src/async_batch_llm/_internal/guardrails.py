@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from async_batch_llm._internal.clock import Clock
 from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
+from async_batch_llm._internal.pricing import PriceTable, UnknownModelPriceError
 from async_batch_llm._internal.quota_runtime import TokenEstimatorError
 from async_batch_llm._internal.quota_types import TokenEstimate
 from async_batch_llm._types import BatchTermination, TokenUsage, WorkItemResult
@@ -334,7 +335,10 @@ class Ledger:
         self.budget = (
             Budget(config.max_total_tokens, config.max_total_cost) if config.has_caps else None
         )
-        self.cost_function = config.cost_function
+        function = config.cost_function
+        if function is None and config.max_total_cost is not None:
+            function = PriceTable.default().cost  # a cost cap needs prices: the list prices
+        self.cost_function = function
         self.estimator = estimator
         self.learner = LearningEstimator()
 
@@ -357,6 +361,8 @@ class Ledger:
             priced["cached_input_tokens"] = int(cached)
         try:
             cost = function(model, priced)
+        except UnknownModelPriceError as exc:  # its message says how to add the price
+            raise CostFunctionError(f"cannot price model {model!r}: {exc}") from exc
         except Exception as exc:
             raise CostFunctionError(
                 f"cost_function raised {type(exc).__name__} for model {model!r}: {exc}"
@@ -543,7 +549,7 @@ class Guard:
             if config.has_caps or config.cost_function is not None
             else None
         )
-        self.priced = config.cost_function is not None
+        self.priced = self.ledger is not None and self.ledger.cost_function is not None
         # Items then leave the worker's fast path (an attempt must be reserved or watched).
         self.slow = self.ledger is not None or self.item_timeout is not None
 

@@ -427,6 +427,22 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             else clock.time
         )
 
+    def _after_batch(self) -> None:
+        quota = self._quota
+        if quota is None:
+            return
+        used = sorted(quota.registry.statistics())  # the scopes whose gate an attempt used
+        unused = quota.registry.unused_scopes()
+        if unused and used:
+            warnings.warn(
+                f"ProcessorConfig.quotas sets limits for {', '.join(map(repr, unused))}, but no "
+                f"item of this batch used {'that scope' if len(unused) == 1 else 'those scopes'}"
+                f" (scopes used: {', '.join(map(repr, used))}); a strategy's "
+                "quota_scope must match the key exactly, e.g. 'openai:gpt-4o-mini'",
+                UserWarning,
+                stacklevel=2,
+            )
+
     def _start_watchers(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         seconds = self.config.guardrails.batch_timeout
         if seconds is None:
@@ -729,7 +745,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     if spent:
                         stopped.token_usage = _merged_usage(spent, {})
                     assert stopped.error is not None
-                    await self._item_failed(item.item_id, stopped.error.split(":", 1)[0])
+                    await self._item_failed(
+                        item.item_id, stopped.error.split(":", 1)[0], worker_id, item
+                    )
                     return stopped
                 outcome = await self._attempt(item, attempt, state, worker_id)
             if type(outcome) is WorkItemResult:
@@ -780,7 +798,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 if not supplied.success:
                     if supplied.error_category is None:
                         supplied.error_category = category
-                    await self._item_failed(item.item_id, type(exc).__name__)
+                    await self._item_failed(item.item_id, type(exc).__name__, worker_id, item)
                 return supplied
         usage: TokenUsage
         if spent is not None:  # attempts ran: report what they cost, zeros included
@@ -792,7 +810,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             }
         else:  # prepare() failed: no attempt ran
             usage = {}
-        await self._item_failed(item.item_id, type(exc).__name__)
+        await self._item_failed(item.item_id, type(exc).__name__, worker_id, item)
         return WorkItemResult(
             item_id=item.item_id,
             success=False,
@@ -802,10 +820,17 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             error_category=category,
         )
 
-    async def _item_failed(self, item_id: str, error_type: str) -> None:
-        """``ITEM_FAILED`` now, or once the item's record is committed when journaling."""
+    async def _item_failed(
+        self, item_id: str, error_type: str, worker_id: int | None = None, item: object = None
+    ) -> None:
+        """``ITEM_FAILED`` now, or once the item's record is committed when journaling.
+
+        With ``worker_id`` and ``item``, the payload gains the item's quota keys (if admitted).
+        """
         if self.observers:
-            data = {"item_id": item_id, "error_type": error_type}
+            data: dict[str, Any] = {"item_id": item_id, "error_type": error_type}
+            if self._quota is not None and worker_id is not None:
+                data.update(self._quota.item_event_fields(worker_id, item))
             if self._journal is not None:
                 self._deferred[item_id] = (ProcessingEvent.ITEM_FAILED, data)
             else:
@@ -869,6 +894,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 if charge is not None:
                     ledger.release(charge)  # type: ignore[union-attr]  # set with charge
                 return _Failure(refused, _REFUSED, "bad_request", at_attempt=True)
+            quota.note_admission(worker_id, item, admission)
             sink_token = HEADER_SINK.set(admission.gate.observe_headers)
         else:
             discovery = self._discoveries.get(worker_id)
@@ -957,8 +983,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 "duration": now() - started,
                 "tokens": usage.get("total_tokens", 0),
             }
-            if admission is not None:
-                data["admission_wait"] = admission.waited
+            if quota is not None:
+                data.update(quota.item_event_fields(worker_id, item))
             if self._journal is not None:  # published once committed
                 self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
             else:

@@ -1,5 +1,6 @@
-"""Configuration and model protocols."""
+"""Configuration, model protocols and model prices."""
 
+from async_batch_llm._internal.pricing import ModelPrice, PriceTable, UnknownModelPriceError
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig
 from async_batch_llm.core.guardrails import GuardrailConfig
 from async_batch_llm.core.protocols import (
@@ -16,10 +17,13 @@ __all__ = [
     "GuardrailConfig",
     "LLMModel",
     "ManagedLLMModel",
+    "ModelPrice",
+    "PriceTable",
     "ProcessorConfig",
     "RateLimitConfig",
     "ResultLike",
     "RetryConfig",
     "TOutput",
+    "UnknownModelPriceError",
     "UsageLike",
 ]

@@ -55,11 +55,13 @@ class GuardrailConfig:
             result fails with category ``"batch_timeout"``.
         max_total_tokens: the most tokens (input plus output, every attempt) the batch may
             spend (> 0), or ``None``.
-        max_total_cost: the most dollars the batch may spend (> 0), or ``None``; needs
-            ``cost_function``.
+        max_total_cost: the most dollars the batch may spend (> 0), or ``None``. Without a
+            ``cost_function`` attempts are priced by ``PriceTable.default().cost``; a model
+            missing from it fails its item with an error naming the model and how to add its
+            price.
         cost_function: ``cost_function(model, usage) -> dollars`` prices one attempt (for
-            example ``PriceTable.default().cost``); with it every result carries ``cost`` and
-            ``BatchResult.total_cost`` is set.
+            example ``PriceTable.default().with_prices(...).cost``); with it (or a cost cap)
+            every result carries ``cost`` and ``BatchResult.total_cost`` is set.
         abort_on_error_categories: error categories that stop the batch at the first such
             answer (``"fail_fast"``); defaults to ``{"authentication", "insufficient_quota"}``.
             Pass ``frozenset()`` to never stop early.
@@ -71,8 +73,7 @@ class GuardrailConfig:
 
     Raises:
         TypeError: a field has the wrong type (``bool`` is not a number).
-        ValueError: a number is NaN, zero or negative; a category is empty; or
-            ``max_total_cost`` is set without a ``cost_function``.
+        ValueError: a number is NaN, zero or negative, or a category is empty.
     """
 
     total_timeout_per_item: float | None = None
@@ -97,7 +98,7 @@ class GuardrailConfig:
 
         Raises:
             TypeError: a field has the wrong type.
-            ValueError: a value is NaN or out of range, or a cost cap has no way to price.
+            ValueError: a value is NaN or out of range.
         """
         _check_positive("total_timeout_per_item", self.total_timeout_per_item)
         _check_positive("batch_timeout", self.batch_timeout)
@@ -107,12 +108,6 @@ class GuardrailConfig:
             raise TypeError(
                 "cost_function must be callable as cost_function(model, usage) -> dollars, or "
                 f"None; got {_describe(self.cost_function)}"
-            )
-        if self.max_total_cost is not None and self.cost_function is None:
-            raise ValueError(
-                f"max_total_cost={self.max_total_cost!r} needs a cost_function to price each "
-                "attempt, e.g. GuardrailConfig(max_total_cost=..., "
-                "cost_function=lambda model, usage: ...)"
             )
         categories: object = self.abort_on_error_categories
         if not isinstance(categories, frozenset):
