@@ -255,7 +255,7 @@ async def test_a_cost_cap_without_cost_function_prices_with_the_default_price_ta
         token_estimator=estimate_15,
         guardrails=GuardrailConfig(max_total_cost=10.0, abort_on_error_categories=frozenset()),
     )
-    work = [
+    work: list[LLMWorkItem[str, str, Any]] = [
         LLMWorkItem(item_id="known", strategy=known, prompt="a"),
         LLMWorkItem(item_id="unknown", strategy=unknown, prompt="b"),
     ]
