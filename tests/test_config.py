@@ -99,6 +99,7 @@ def test_each_processor_config_gets_its_own_nested_configs() -> None:
                 "token_estimator",
                 "quota_burst_seconds",
                 "quotas",
+                "guardrails",
             ],
         ),
     ],
@@ -147,7 +148,8 @@ def test_processor_config_repr_lists_fields_in_order() -> None:
     )
     assert text.index("rate_limit=") < text.index("max_requests_per_minute=")
     assert "max_queue_size=0, dry_run=False, max_tokens_per_minute=None, " in text
-    assert text.endswith("quota_burst_seconds=None, quotas=None)")
+    assert "quota_burst_seconds=None, quotas=None, guardrails=GuardrailConfig(" in text
+    assert text.endswith(")")
 
 
 def test_spec_example_configuration_is_valid() -> None:

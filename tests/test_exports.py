@@ -68,6 +68,8 @@ BEYOND_ALL = {
     "AnthropicStrategy": "async_batch_llm.llm_strategies",
     "PriceTable": "async_batch_llm.core",
     "ModelPrice": "async_batch_llm.core",
+    "GuardrailConfig": "async_batch_llm.core",
+    "BatchTermination": "async_batch_llm.base",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
@@ -80,6 +82,7 @@ BASE_TIMING = [
 ]
 PARALLEL_TIMING = ["OBSERVER_CALLBACK_TIMEOUT", "POST_PROCESSOR_TIMEOUT"]
 CORE_ALL = [
+    "GuardrailConfig",
     "ProcessorConfig",
     "RateLimitConfig",
     "RetryConfig",
@@ -111,6 +114,7 @@ MODULE_MAP: dict[str, list[str]] = {
         "LLMWorkItem",
         "WorkItemResult",
         "BatchResult",
+        "BatchTermination",
         "ProcessingStats",
         "PostProcessorFunc",
         "ProgressCallbackFunc",

@@ -550,3 +550,50 @@ async def test_leaving_a_stream_early_leaves_no_span_open(telemetry: Telemetry) 
         attrs(s)["async_batch_llm.item.outcome"] for s in telemetry.spans("async_batch_llm.item")
     }
     assert "aborted" in outcomes
+
+
+async def test_item_cost_from_the_guardrails_cost_function(
+    telemetry: Telemetry, fake_clock: FakeClock
+) -> None:
+    from async_batch_llm import GuardrailConfig
+
+    def price(model: str, usage: TokenUsage) -> float:
+        return usage.get("total_tokens", 0) / 1000  # $1 per 1,000 tokens
+
+    failed_usage: TokenUsage = {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}
+    strategy = ScriptedStrategy(
+        {
+            "retried": [with_failed_usage(ConnectionError("cut"), failed_usage)],
+            "bad": [ValueError("no")],
+        }
+    )
+    config = make_config(guardrails=GuardrailConfig(cost_function=price))
+    processor = make_processor(fake_clock, config=config, observers=[telemetry.observer])
+    result = await run_batch(processor, items(strategy, "ok", "retried", "bad"), fake_clock)
+    assert result.total_cost is not None
+    assert result.total_cost > 0
+    for item_result in result.results:
+        assert attrs(telemetry.item(item_result.item_id))["async_batch_llm.cost"] == pytest.approx(
+            item_result.cost
+        )
+    assert telemetry.total("async_batch_llm.cost") == pytest.approx(result.total_cost)
+
+
+async def test_an_attempt_cut_by_the_item_deadline_is_closed_with_its_item(
+    telemetry: Telemetry, fake_clock: FakeClock
+) -> None:
+    from async_batch_llm import GuardrailConfig
+
+    strategy = ScriptedStrategy(clock=fake_clock, latency=10.0)
+    config = make_config(guardrails=GuardrailConfig(total_timeout_per_item=5.0))
+    processor = make_processor(fake_clock, config=config, observers=[telemetry.observer])
+    result = await run_batch(processor, items(strategy, "slow"), fake_clock)
+    assert result.failed == 1
+    assert result.results[0].error is not None
+    error_type = result.results[0].error.split(":", 1)[0]
+    item = telemetry.item("slow")
+    assert attrs(item)["error.type"] == error_type
+    (attempt,) = telemetry.attempts("slow")
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert attrs(attempt)["error.type"] == error_type
+    assert telemetry.open.started == telemetry.open.ended == 2

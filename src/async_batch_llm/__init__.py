@@ -23,6 +23,7 @@ from async_batch_llm.artifacts import (
 from async_batch_llm.base import (
     BatchProcessor,
     BatchResult,
+    BatchTermination,
     LLMResponse,
     LLMWorkItem,
     PostProcessorFunc,
@@ -34,6 +35,7 @@ from async_batch_llm.base import (
 )
 from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.core import (
+    GuardrailConfig,
     LLMModel,
     ManagedLLMModel,
     ModelPrice,
@@ -138,6 +140,8 @@ __all__ = [
     "AnthropicStrategy",
     "PriceTable",
     "ModelPrice",
+    "GuardrailConfig",
+    "BatchTermination",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
 
 if TYPE_CHECKING:
     from async_batch_llm._strategies.base import LLMCallStrategy
 
 __all__ = [
     "BatchResult",
+    "BatchTermination",
     "LLMResponse",
     "LLMWorkItem",
     "PostProcessorFunc",
@@ -25,6 +26,7 @@ __all__ = [
     "TContext",
     "TInput",
     "TOutput",
+    "TerminationKind",
     "TokenUsage",
     "WorkItemResult",
 ]
@@ -173,6 +175,44 @@ class WorkItemResult(Generic[TOutput, TContext]):
     replayed_from_artifact: bool = False
     """``True`` when this result was read back from an artifact store instead of being computed
     in this run (no call was made for it; ``token_usage`` is what the original run spent)."""
+    error_category: str | None = None
+    """Why the item failed, as one short label (``None`` on success): ``"rate_limit"``,
+    ``"timeout"``, ``"validation"``, ``"authentication"``, ``"insufficient_quota"``,
+    ``"model_not_found"``, ``"bad_request"``, ``"server_error"``, ``"connection"``,
+    ``"logic_error"``, ``"budget_exceeded"``, ``"batch_timeout"``, ``"item_timeout"``,
+    ``"fail_fast"``, ``"cancelled"`` or ``"unknown"`` (docs/guardrails.md)."""
+    cost: float | None = None
+    """What the item's attempts cost in dollars, priced by ``GuardrailConfig.cost_function``;
+    ``None`` when no cost function is configured."""
+
+
+TerminationKind = Literal["completed", "batch_timeout", "budget_exceeded", "fail_fast", "cancelled"]
+"""Why a batch ended (:attr:`BatchTermination.kind`)."""
+
+
+@dataclass(frozen=True)
+class BatchTermination:
+    """Why a batch ended.
+
+    Attributes:
+        kind: ``"completed"`` (every item ran), ``"batch_timeout"``
+            (``GuardrailConfig.batch_timeout`` passed), ``"budget_exceeded"`` (an attempt would
+            have passed ``max_total_tokens`` or ``max_total_cost``), ``"fail_fast"`` (an answer
+            whose category is in ``abort_on_error_categories``) or ``"cancelled"`` (the batch
+            stopped taking items for another reason, such as a failing artifact store).
+        reason: one human-readable sentence.
+        error_category: the category that stopped the batch (for ``"fail_fast"`` the triggering
+            answer's, e.g. ``"authentication"``); ``None`` when the batch completed.
+        triggering_item_id: the item whose answer or attempt stopped the batch, if any.
+    """
+
+    kind: TerminationKind
+    reason: str
+    error_category: str | None = None
+    triggering_item_id: str | None = None
+
+
+COMPLETED = BatchTermination("completed", "every item was processed")
 
 
 @dataclass
@@ -190,9 +230,14 @@ class BatchResult(Generic[TOutput, TContext]):
     total_input_tokens: int = 0
     total_output_tokens: int = 0
     total_cached_tokens: int = 0
+    termination: BatchTermination = COMPLETED
+    """Why the batch ended (``kind == "completed"`` unless a guardrail stopped it)."""
+    total_cost: float | None = None
+    """The sum of the results' ``cost``; ``None`` when no result carries one. Derived."""
 
     def __post_init__(self) -> None:
         succeeded = input_tokens = output_tokens = cached = 0
+        cost: float | None = None
         for result in self.results:
             if result.success:
                 succeeded += 1
@@ -200,6 +245,9 @@ class BatchResult(Generic[TOutput, TContext]):
             input_tokens += usage.get("input_tokens", 0)
             output_tokens += usage.get("output_tokens", 0)
             cached += usage.get("cached_input_tokens", 0)
+            if result.cost is not None:
+                cost = result.cost if cost is None else cost + result.cost
+        self.total_cost = cost
         self.total_items = len(self.results)
         self.succeeded = succeeded
         self.failed = self.total_items - succeeded

@@ -9,6 +9,7 @@ from async_batch_llm._internal.batch import (
 )
 from async_batch_llm._types import (
     BatchResult,
+    BatchTermination,
     LLMResponse,
     LLMWorkItem,
     PostProcessorFunc,
@@ -29,6 +30,7 @@ __all__ = [
     "WORKER_SHUTDOWN_TIMEOUT",
     "BatchProcessor",
     "BatchResult",
+    "BatchTermination",
     "LLMResponse",
     "LLMWorkItem",
     "PostProcessorFunc",

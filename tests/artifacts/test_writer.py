@@ -373,7 +373,7 @@ async def test_built_in_stores_encode_on_the_loop_and_commit_what_was_encoded(
         encoded_on.add(threading.get_ident())
         return encode(rec)
 
-    store._encode_for_write = spy  # type: ignore[method-assign,assignment]  # a spy in place of the method
+    store._encode_for_write = spy  # type: ignore[method-assign, assignment]
     callbacks = Callbacks()
     writer = make_writer(store, callbacks)
     for n in range(5):

@@ -163,6 +163,7 @@ CONFIG_FIELDS: list[tuple[type, str, object, str]] = [
     (ProcessorConfig, "token_estimator", 4, "must be callable or None"),
     (ProcessorConfig, "quota_burst_seconds", "1", "an int, a float or None"),
     (ProcessorConfig, "quotas", 5, "must be a Mapping or None"),
+    (ProcessorConfig, "guardrails", {"batch_timeout": 5}, "must be a GuardrailConfig"),
 ]
 
 

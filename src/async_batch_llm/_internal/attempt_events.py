@@ -7,6 +7,7 @@ the attempt's input and output tokens and the model, for the same reason.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from async_batch_llm._internal.tokens import usage_from_exception
@@ -38,9 +39,15 @@ def attempt_failed_data(
     strategy: object,
     exc: BaseException | None,
     info: ErrorInfo | None,
+    usage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``ATTEMPT_FAILED`` payload; ``exc`` and ``info`` are ``None`` for a middleware skip."""
-    usage = usage_from_exception(exc) if exc is not None else None
+    """The ``ATTEMPT_FAILED`` payload; ``exc`` and ``info`` are ``None`` for a middleware skip.
+
+    ``usage``: what the call reported, when it is not on the exception (a call that succeeded
+    but could not be priced); by default read from ``exc``.
+    """
+    if usage is None and exc is not None:
+        usage = usage_from_exception(exc)
     data: dict[str, Any] = {
         "item_id": item_id,
         "worker_id": worker_id,

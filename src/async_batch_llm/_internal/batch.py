@@ -28,7 +28,9 @@ from async_batch_llm._internal.journal import ItemEvent, Journal, Published
 from async_batch_llm._internal.source import Feed
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._types import (
+    COMPLETED,
     BatchResult,
+    BatchTermination,
     LLMWorkItem,
     PostProcessorFunc,
     ProcessingStats,
@@ -45,6 +47,7 @@ __all__ = [
     "POST_PROCESSOR_TIMEOUT",
     "PROGRESS_TASK_CANCELLATION_TIMEOUT",
     "STRATEGY_CLEANUP_TIMEOUT",
+    "STRATEGY_PREPARE_TIMEOUT",
     "WORKER_CANCELLATION_TIMEOUT",
     "WORKER_SHUTDOWN_TIMEOUT",
     "BatchProcessor",
@@ -65,6 +68,9 @@ POST_PROCESSOR_TIMEOUT = 90.0
 """Outer limit in seconds around post-processing."""
 STRATEGY_CLEANUP_TIMEOUT = 30.0
 """Limit in seconds on each strategy's ``cleanup()``; an overrun is logged and abandoned."""
+STRATEGY_PREPARE_TIMEOUT = 300.0
+"""Limit in seconds on each strategy's ``prepare()``; an overrun fails the item that awaited it
+(and the next item of that strategy tries again)."""
 _PROGRESS_START_WAIT = 1.0
 """How long ``process_all()`` waits, at most, for scheduled progress callbacks to begin."""
 _PROGRESS_SETTLE_WAIT = 0.02
@@ -181,7 +187,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._results = []
         self._sink = self._results.append
         await self._run_batch()
-        batch = BatchResult(results=list(self._results))
+        batch = BatchResult(results=list(self._results), termination=self._termination())
         halt = self._halt
         if halt is not None:
             halt.partial_result = batch
@@ -207,12 +213,15 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                     if publish_queue is not None
                     else []
                 )
+                watchers = self._start_watchers(group)
                 async with asyncio.TaskGroup() as workers:
                     for worker_id in range(self.max_workers):
                         task = workers.create_task(self._worker_loop(worker_id))
                         self._worker_tasks.add(task)
                         task.add_done_callback(self._worker_tasks.discard)
-                self._fail_unstarted()
+                for watcher in watchers:
+                    watcher.cancel()
+                await self._fail_unstarted()
                 if journal is not None:
                     await journal.drain()
                 for _ in publishers:
@@ -237,6 +246,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             if journal is not None:
                 # What the workers handed over was paid for: commit it even when cancelled.
                 await journal.close()
+        self._after_batch()
         await self._await_progress_started()
         stats = self._stats
         await self._emit(
@@ -254,6 +264,27 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
     async def _before_batch(self) -> None:
         """Set up per-run state (subclass hook)."""
+
+    def _after_batch(self) -> None:
+        """Check the finished run, before ``BATCH_COMPLETED`` (subclass hook)."""
+
+    def _start_watchers(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """Start tasks that run beside the workers (a batch deadline); cancelled once they end."""
+        return []
+
+    def _termination(self) -> BatchTermination:
+        """Why the batch ended (subclass hook: guardrails add their own reasons)."""
+        halt = self._halt
+        if halt is not None:
+            return BatchTermination("cancelled", str(halt), "cancelled")
+        return COMPLETED
+
+    def _unstarted_failure(self) -> tuple[str, str, bool] | None:
+        """How items the batch never started fail: ``(error, category, emit ITEM_FAILED)``."""
+        halt = self._halt
+        if halt is None:
+            return None
+        return f"NotStarted: the batch stopped before this item: {halt}"[:500], "cancelled", False
 
     async def _emit(
         self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None
@@ -364,21 +395,33 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             if post is not None:
                 await self._run_post_processor(result)
 
-    def _fail_unstarted(self) -> None:
+    async def _fail_unstarted(self) -> None:
         """Give each item the batch stopped before starting a failure result of its own."""
-        halt = self._halt
-        if halt is None:
+        stop = self._unstarted_failure()
+        if stop is None:
             return
-        error = f"NotStarted: the batch stopped before this item: {halt}"[:500]
+        error, category, emit = stop
         leftovers: list[LLMWorkItem[TInput, TOutput, TContext]] = list(self._queue)
         self._queue.clear()
         if self._feed is not None:
             leftovers.extend(self._feed.take_waiting())
+        queued = self._publish_queue is not None
         for item in leftovers:
             failed = WorkItemResult[TOutput, TContext](
-                item_id=item.item_id, success=False, error=error, context=item.context
+                item_id=item.item_id,
+                success=False,
+                error=error,
+                context=item.context,
+                error_category=category,
             )
-            self._publish(failed, None)
+            event: ItemEvent | None = None
+            if emit:  # spec D3: every failed item is observable
+                data = {"item_id": item.item_id, "error_type": error.split(":", 1)[0]}
+                if queued:
+                    event = (ProcessingEvent.ITEM_FAILED, data)
+                else:
+                    await self._emit(ProcessingEvent.ITEM_FAILED, data)
+            self._publish(failed, event)
 
     # ----------------------------------------------------------------------------- progress
 
@@ -464,7 +507,18 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         async with self._prepare_lock:
             if self._is_prepared(strategy):
                 return
-            await strategy.prepare()
+            # Bounded: a prepare() that hangs fails its item instead of hanging the batch.
+            limit = STRATEGY_PREPARE_TIMEOUT
+            try:
+                async with asyncio.timeout(limit) as scope:
+                    await strategy.prepare()
+            except TimeoutError as exc:
+                if not scope.expired():
+                    raise
+                raise TimeoutError(
+                    f"{type(strategy).__name__}.prepare() did not finish within {limit} s "
+                    "(STRATEGY_PREPARE_TIMEOUT)"
+                ) from exc
             try:
                 self._prepared_by_id[id(strategy)] = weakref.ref(strategy)
                 self._needs_cleanup.append(weakref.ref(strategy))

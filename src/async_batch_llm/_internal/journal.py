@@ -108,6 +108,8 @@ class Journal(Generic[TInput, TOutput, TContext]):
             context=item.context,
             token_usage=usage,  # type: ignore[arg-type]  # the stored usage keys
             replayed_from_artifact=True,
+            error_category=record.error_category,
+            cost=record.cost,
         )
 
     @staticmethod
@@ -166,6 +168,8 @@ class Journal(Generic[TInput, TOutput, TContext]):
                 error=f"UnstorableOutputError: {str(exc)[:500]}",
                 context=result.context,
                 token_usage=result.token_usage,
+                error_category="unknown",
+                cost=result.cost,
             )
             event = (
                 ProcessingEvent.ITEM_FAILED,
@@ -180,6 +184,8 @@ class Journal(Generic[TInput, TOutput, TContext]):
             output=payload,
             error=result.error,
             token_usage=dict(result.token_usage),  # type: ignore[arg-type]  # TokenUsage is str->int
+            error_category=result.error_category,
+            cost=result.cost,
             created_at=time.time(),
         )
         writer.submit(record, (result, event))

@@ -46,6 +46,13 @@ from async_batch_llm._internal.clock import Clock, LoopClock
 from async_batch_llm._internal.cooldown import CooldownCoordinator
 from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
 from async_batch_llm._internal.events import OBSERVER_CALLBACK_TIMEOUT, dispatch
+from async_batch_llm._internal.guardrails import (
+    BudgetExceededError,
+    CostFunctionError,
+    Guard,
+    WorkerSlot,
+    item_category,
+)
 from async_batch_llm._internal.journal import Journal
 from async_batch_llm._internal.quota_runtime import (
     Admission,
@@ -60,6 +67,7 @@ from async_batch_llm._internal.retry_after import retry_after_seconds
 from async_batch_llm._internal.tokens import add_usage, usage_from_exception
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._types import (
+    BatchTermination,
     LLMWorkItem,
     PostProcessorFunc,
     ProgressCallbackFunc,
@@ -109,11 +117,14 @@ _REFUSED = ErrorInfo(
 class _Failure:
     """A failed attempt that the retry loop must decide about."""
 
-    __slots__ = ("at_attempt", "exc", "info")
+    __slots__ = ("at_attempt", "category", "exc", "info")
 
-    def __init__(self, exc: Exception, info: ErrorInfo, *, at_attempt: bool = False) -> None:
+    def __init__(
+        self, exc: Exception, info: ErrorInfo, category: str, *, at_attempt: bool = False
+    ) -> None:
         self.exc = exc
         self.info = info
+        self.category = category  # what the item's result reports if this failure is final
         # A non-retryable, non-rate-limit error ends the item at the attempt itself, where the
         # error text keeps 500 characters instead of 200.
         self.at_attempt = at_attempt
@@ -129,14 +140,24 @@ class _Final:
         self.skipped = skipped
 
 
-def _accepts_state(method: Callable[..., Any]) -> bool:
-    """Whether a bound ``execute``/``on_error`` takes the ``state`` argument (spec D2)."""
+_BY_KEYWORD = "keyword"
+"""``state`` is a keyword-only parameter: pass it as ``state=...``."""
+
+
+def _accepts_state(method: Callable[..., Any]) -> bool | str:
+    """How a bound ``execute``/``on_error`` takes ``state`` (spec D2).
+
+    ``True``: as its last positional argument; :data:`_BY_KEYWORD`: only by keyword
+    (``*, state=None``); ``False``: not at all.
+    """
     try:
         params = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):
         return True
     positional = 0
     for param in params:
+        if param.name == "state" and param.kind is inspect.Parameter.KEYWORD_ONLY:
+            return _BY_KEYWORD
         if param.kind is inspect.Parameter.VAR_POSITIONAL or param.name == "state":
             return True
         if param.kind in (
@@ -147,10 +168,10 @@ def _accepts_state(method: Callable[..., Any]) -> bool:
     return positional >= 4
 
 
-_STATE_CACHE: dict[tuple[type, str], bool] = {}
+_STATE_CACHE: dict[tuple[type, str], bool | str] = {}
 
 
-def _method_accepts_state(strategy: object, name: str, method: Callable[..., Any]) -> bool:
+def _method_accepts_state(strategy: object, name: str, method: Callable[..., Any]) -> bool | str:
     """Decide once per strategy class; instance-level overrides are inspected each time."""
     if name in getattr(strategy, "__dict__", ()):
         return _accepts_state(method)
@@ -163,7 +184,7 @@ def _method_accepts_state(strategy: object, name: str, method: Callable[..., Any
     return cached
 
 
-_EXECUTE_TAKES_STATE: dict[type, bool] = {}
+_EXECUTE_TAKES_STATE: dict[type, bool | str] = {}
 """Class-level answers for ``execute``, read inline once per attempt."""
 
 
@@ -364,6 +385,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self.resume = _resume_policy(resume, artifact_store)
         # One reusable attempt deadline per running worker (cheaper than asyncio.timeout).
         self._deadlines: dict[int, TaskDeadline] = {}
+        # This run's guardrails: fail-fast, budgets, deadlines (_internal/guardrails.py).
+        self._guard = Guard(config.guardrails, self._clock, config.token_estimator)
 
     def __repr__(self) -> str:
         stats = self._stats
@@ -396,6 +419,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._quota = (
             QuotaRuntime.from_config(config, self._clock) if admission_declared(config) else None
         )
+        self._guard = Guard(config.guardrails, self._clock, config.token_estimator)
         # Attempt durations read the clock twice per attempt; skip LoopClock's indirection.
         clock = self._clock
         self._now = (
@@ -403,6 +427,38 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if type(clock) is LoopClock
             else clock.time
         )
+
+    def _after_batch(self) -> None:
+        quota = self._quota
+        if quota is None:
+            return
+        used = sorted(quota.registry.statistics())  # the scopes whose gate an attempt used
+        unused = quota.registry.unused_scopes()
+        if unused and used:
+            warnings.warn(
+                f"ProcessorConfig.quotas sets limits for {', '.join(map(repr, unused))}, but no "
+                f"item of this batch used {'that scope' if len(unused) == 1 else 'those scopes'}"
+                f" (scopes used: {', '.join(map(repr, used))}); a strategy's "
+                "quota_scope must match the key exactly, e.g. 'openai:gpt-4o-mini'",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _start_watchers(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        seconds = self.config.guardrails.batch_timeout
+        if seconds is None:
+            return []
+        return [group.create_task(self._guard.run_batch_timer(seconds))]
+
+    def _termination(self) -> BatchTermination:
+        return self._guard.termination or super()._termination()
+
+    def _unstarted_failure(self) -> tuple[str, str, bool] | None:
+        stop = self._guard.termination
+        if stop is None:
+            return super()._unstarted_failure()
+        error, category = self._guard.failure(stop)
+        return error, category, True
 
     def _enable_quota(self) -> QuotaRuntime:
         """This run's quota admission, turned on now if it was off (a limit was learned)."""
@@ -432,6 +488,13 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         feed = self._feed
         journal = self._journal
         deferred = self._deferred
+        guard = self._guard
+        # While the worker is inside an item, its slot names the item, so a stop or the item's
+        # own deadline can interrupt it (see _internal/guardrails.py).
+        slot = guard.slot(worker_id)
+        slow = bool(self.middlewares) or config.dry_run or guard.slow
+        item_timeout = guard.item_timeout
+        watch: asyncio.Task[None] | None = None
         while True:
             if queue:
                 item = queue.popleft()
@@ -439,31 +502,31 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 break
             else:
                 item = pulled
-            if self._halt is not None:  # the store failed: leave the rest to _fail_unstarted
-                queue.appendleft(item)
+            if self._halt is not None or guard.termination is not None:
+                queue.appendleft(item)  # the batch stopped: leave the rest to _fail_unstarted
                 break
             if journal is not None and journal.replaying:
                 replayed = journal.replay(item)
                 if replayed is not None:
                     self._publish(replayed, journal.replay_event(replayed))
                     continue
-            if cooldown.paused:
-                await cooldown.wait_resumed()
-            if cooldown.slow_start_active:
-                await cooldown.slow_start_delay()
-                # A new cooldown may have begun while this worker sat out its delay.
-                while cooldown.paused:
-                    await cooldown.wait_resumed()
+            slot.item = item
+            result = None
+            if item_timeout is not None:
+                watch = asyncio.get_running_loop().create_task(
+                    guard.watch_item(slot, item, item_timeout)
+                )
             try:
+                if cooldown.paused:
+                    await cooldown.wait_resumed()
+                if cooldown.slow_start_active:
+                    await cooldown.slow_start_delay()
+                    # A new cooldown may have begun while this worker sat out its delay.
+                    while cooldown.paused:
+                        await cooldown.wait_resumed()
                 strategy = item.strategy
                 ref = prepared.get(id(strategy))
-                if (
-                    ref is None
-                    or ref() is not strategy
-                    or self.middlewares
-                    or self._quota is not None
-                    or config.dry_run
-                ):
+                if ref is None or ref() is not strategy or slow or self._quota is not None:
                     result = await self._process_item(item, worker_id)
                 else:
                     # The common case, awaited right here: the strategy is prepared and only
@@ -491,8 +554,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     error: Exception | None = None
                     deadline.start(timeout)
                     try:
-                        if takes_state:
+                        if takes_state is True:
                             returned = await execute(item.prompt, 1, timeout, state)
+                        elif takes_state:
+                            returned = await cast(Any, execute)(
+                                item.prompt, 1, timeout, state=state
+                            )
                         else:
                             returned = await cast(Any, execute)(item.prompt, 1, timeout)
                     except asyncio.CancelledError as cancelled:
@@ -553,6 +620,14 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                             cooldown.reset_consecutive()
                     else:
                         result = await self._process_item(item, worker_id, (state, error))
+            except asyncio.CancelledError:
+                why = slot.interrupt
+                if why is None:
+                    raise
+                slot.interrupt = None
+                if slot.task.uncancel() > 0:
+                    raise  # the batch itself is being cancelled as well
+                result = await self._interrupted(item, slot, why, result)
             except Exception as exc:  # a bug of ours or a misbehaving hook: fail this item only
                 logger.exception("internal error while processing item %s", item.item_id)
                 result = WorkItemResult(
@@ -561,7 +636,15 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     error=_format_error(exc, 200),
                     context=item.context,
                     token_usage={},
+                    error_category="unknown",
                 )
+            finally:
+                if watch is not None:
+                    watch.cancel()
+                    watch = None
+            slot.item = None
+            if slot.interrupt is not None:  # the item swallowed our cancellation: take it back
+                slot.withdraw()
             if journal is not None:
                 journal.submit(item, result, deferred.pop(item.item_id, None))
             else:
@@ -571,10 +654,27 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         deadline.close()
         if self._deadlines.get(worker_id) is deadline:
             del self._deadlines[worker_id]
+        if guard.slots.get(worker_id) is slot:
+            del guard.slots[worker_id]
         if discovery is not None and self._discoveries.get(worker_id) is discovery:
             del self._discoveries[worker_id]
         if observing:
             await self._emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
+
+    async def _interrupted(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        slot: WorkerSlot,
+        why: BatchTermination,
+        made: WorkItemResult[TOutput, TContext] | None,
+    ) -> WorkItemResult[TOutput, TContext]:
+        """The result of an item a stop or its deadline interrupted; its spend is kept."""
+        if made is not None:  # the call had succeeded; an observer was being told
+            return made
+        result: WorkItemResult[TOutput, TContext] = self._guard.interrupted_result(item, slot, why)
+        assert result.error is not None
+        await self._item_failed(item.item_id, result.error.split(":", 1)[0])
+        return result
 
     def _deadline_for(self, worker_id: int) -> TaskDeadline:
         """The attempt deadline of the calling worker task (created on first use)."""
@@ -600,6 +700,23 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         ``failed_first``: the worker already made attempt 1 itself (see ``_worker_loop``) and it
         raised; carry on from that failure with the item's ``RetryState``.
         """
+        guard = self._guard
+        slot = guard.slot(worker_id)
+        slot.spent_for = item
+        slot.spent = None
+        slot.cost = 0.0
+        result = await self._run_attempts(item, worker_id, slot, failed_first)
+        if guard.priced:
+            result.cost = slot.cost
+        return result
+
+    async def _run_attempts(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        worker_id: int,
+        slot: WorkerSlot,
+        failed_first: tuple[RetryState, Exception] | None,
+    ) -> WorkItemResult[TOutput, TContext]:
         strategy = item.strategy
         if failed_first is None:
             state = RetryState()
@@ -607,10 +724,14 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 if not self._is_prepared(strategy):
                     await self._ensure_prepared(strategy)
             except Exception as exc:
-                return await self._fail_item(item, exc, None, worker_id)
+                category = item_category(exc, self._classify(exc, item.item_id))
+                if category in self._guard.abort_on:
+                    self._guard.fail_fast(category, item.item_id, exc)
+                return await self._fail_item(item, exc, None, worker_id, category)
         else:
             state = failed_first[0]
 
+        guard = self._guard
         max_attempts = self.config.retry.max_attempts
         spent: dict[str, int] | None = None  # tokens of failed attempts so far (spec D9)
         attempt = 0
@@ -624,6 +745,16 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             else:
                 if attempt > 1 and self._cooldown.paused:
                     await self._cooldown.wait_resumed()
+                stop = guard.termination
+                if stop is not None:  # no attempt starts once the batch has stopped
+                    stopped = guard.stopped_result(item, stop)
+                    if spent:
+                        stopped.token_usage = _merged_usage(spent, {})
+                    assert stopped.error is not None
+                    await self._item_failed(
+                        item.item_id, stopped.error.split(":", 1)[0], worker_id, item
+                    )
+                    return stopped
                 outcome = await self._attempt(item, attempt, state, worker_id)
             if type(outcome) is WorkItemResult:
                 if spent:
@@ -637,12 +768,14 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             failure = cast(_Failure, outcome)
             error = failure.exc
             if spent is None:
-                spent = {}
+                spent = slot.spent = {}
             add_usage(spent, usage_from_exception(error))
             if failure.at_attempt:
-                return await self._fail_item(item, error, spent, worker_id, limit=500)
+                return await self._fail_item(
+                    item, error, spent, worker_id, failure.category, limit=500
+                )
             if not failure.info.is_retryable or attempt >= max_attempts:
-                return await self._fail_item(item, error, spent, worker_id)
+                return await self._fail_item(item, error, spent, worker_id, failure.category)
             retry = self.config.retry
             wait = retry_wait(
                 attempt,
@@ -659,6 +792,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         exc: Exception,
         spent: dict[str, int] | None,
         worker_id: int,
+        category: str,
         limit: int = 200,
     ) -> WorkItemResult[TOutput, TContext]:
         """The item's final failure: middleware ``on_error`` first, then a failure result."""
@@ -668,7 +802,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 if spent:  # the failed attempts still cost tokens (D9)
                     supplied.token_usage = _merged_usage(spent, supplied.token_usage)
                 if not supplied.success:
-                    await self._item_failed(item.item_id, exc)
+                    if supplied.error_category is None:
+                        supplied.error_category = category
+                    await self._item_failed(item.item_id, type(exc).__name__, worker_id, item)
                 return supplied
         usage: TokenUsage
         if spent is not None:  # attempts ran: report what they cost, zeros included
@@ -680,19 +816,31 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             }
         else:  # prepare() failed: no attempt ran
             usage = {}
-        await self._item_failed(item.item_id, exc)
+        await self._item_failed(item.item_id, type(exc).__name__, worker_id, item)
         return WorkItemResult(
             item_id=item.item_id,
             success=False,
             error=_format_error(exc, limit),
             context=item.context,
             token_usage=usage,
+            error_category=category,
         )
 
-    async def _item_failed(self, item_id: str, exc: Exception) -> None:
-        """``ITEM_FAILED`` now, or once the item's record is committed when journaling."""
+    async def _item_failed(
+        self, item_id: str, error_type: str, worker_id: int | None = None, item: object = None
+    ) -> None:
+        """``ITEM_FAILED`` now, or once the item's record is committed when journaling.
+
+        With ``worker_id`` and ``item``, the payload gains the item's quota keys (if admitted).
+        """
         if self.observers:
-            data = {"item_id": item_id, "error_type": type(exc).__name__}
+            data: dict[str, Any] = {"item_id": item_id, "error_type": error_type}
+            if self._quota is not None and worker_id is not None:
+                data.update(self._quota.item_event_fields(worker_id, item))
+            if self._guard.priced and worker_id is not None:
+                slot = self._guard.slots.get(worker_id)
+                if slot is not None and slot.spent_for is item:
+                    data["cost"] = slot.cost
             if self._journal is not None:
                 self._deferred[item_id] = (ProcessingEvent.ITEM_FAILED, data)
             else:
@@ -741,6 +889,18 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 )
             work = replaced
         strategy = work.strategy
+        ledger = self._guard.ledger
+        charge = None
+        if ledger is not None:  # budgets: reserve this attempt's estimate before it starts
+            try:
+                charge = await ledger.reserve(work.prompt, strategy, attempt, state)
+            except BudgetExceededError as over:
+                self._guard.stop("budget_exceeded", str(over), None, item.item_id)
+                failure = _Failure(over, _REFUSED, "budget_exceeded", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure)
+            except (TokenEstimatorError, CostFunctionError) as refused:
+                failure = _Failure(refused, _UNCLASSIFIED, "unknown", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure)
         quota = self._quota
         admission: Admission | None = None
         sink_token = None
@@ -748,21 +908,20 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             try:
                 admission = await self._admit(quota, work, attempt, state)
             except (TokenEstimatorError, EstimateTooLargeError) as refused:
-                if observing:
-                    await self._emit(
-                        ProcessingEvent.ATTEMPT_FAILED,
-                        attempt_failed_data(
-                            item.item_id, worker_id, attempt, strategy, refused, _REFUSED
-                        ),
-                        deadline,
-                    )
-                return _Failure(refused, _REFUSED, at_attempt=True)
+                if charge is not None:
+                    ledger.release(charge)  # type: ignore[union-attr]  # set with charge
+                failure = _Failure(refused, _REFUSED, "bad_request", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure)
+            quota.note_admission(worker_id, item, admission)
             sink_token = HEADER_SINK.set(admission.gate.observe_headers)
         else:
             discovery = self._discoveries.get(worker_id)
             if discovery is not None:
                 discovery.strategy = strategy
         config = self.config
+        slot = self._guard.slots.get(worker_id) if charge is not None else None
+        if slot is not None:
+            slot.calling = True  # a budget stop lets this call finish: it is paid for
         try:
             if config.dry_run:
                 output, usage = _check_call_result(strategy, await strategy.dry_run(work.prompt))
@@ -776,8 +935,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     takes_state = _method_accepts_state(strategy, "execute", execute)
                 deadline.start(timeout)
                 try:
-                    if takes_state:
+                    if takes_state is True:
                         returned = await execute(work.prompt, attempt, timeout, state)
+                    elif takes_state:
+                        returned = await cast(Any, execute)(
+                            work.prompt, attempt, timeout, state=state
+                        )
                     else:
                         returned = await cast(Any, execute)(work.prompt, attempt, timeout)
                 except asyncio.CancelledError as cancelled:
@@ -798,12 +961,32 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         except Exception as exc:
             if admission is not None:
                 admission.settle(usage_from_exception(exc))
+            if charge is not None:
+                ran = isinstance(exc, TimeoutError)
+                spent = usage_from_exception(exc)
+                unpriced = self._guard.settle(charge, spent, worker_id, ran)
+                if unpriced is not None:
+                    failure = _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
+                    return await self._ended_without_result(
+                        item, worker_id, attempt, failure, spent
+                    )
             return await self._attempt_failed(item, strategy, exc, attempt, state, worker_id)
+        except BaseException:
+            if charge is not None:  # cancelled mid-call: it may have been billed
+                ledger.settle(charge, None, ran=True)  # type: ignore[union-attr]
+            raise
         finally:
             if sink_token is not None:
                 HEADER_SINK.reset(sink_token)
+            if slot is not None:
+                slot.calling = False
         if admission is not None:
             admission.settle(usage)
+        if charge is not None:
+            unpriced = self._guard.settle(charge, usage, worker_id, False)
+            if unpriced is not None:
+                failure = _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure, usage)
 
         # Positional: half the cost of keywords on the hot path. Field order is
         # (item_id, success, output, error, context, token_usage, gemini_safety_ratings).
@@ -828,8 +1011,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             model = strategy_model(strategy)
             if model is not None:
                 data["model"] = model
-            if admission is not None:
-                data["admission_wait"] = admission.waited
+            if quota is not None:
+                data.update(quota.item_event_fields(worker_id, item))
+            if slot is not None and self._guard.priced:
+                data["cost"] = slot.cost  # the item's, every attempt so far
             if self._journal is not None:  # published once committed
                 self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
             else:
@@ -844,6 +1029,25 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if cooldown.consecutive:
             cooldown.reset_consecutive()
         return result
+
+    async def _ended_without_result(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        worker_id: int,
+        attempt: int,
+        failure: _Failure,
+        usage: Mapping[str, Any] | None = None,
+    ) -> _Failure:
+        """Tell observers an attempt ended without a call's error to classify; return it.
+
+        ``usage``: what the call reported, when it ran (else read from the exception).
+        """
+        if self.observers:
+            data = attempt_failed_data(
+                item.item_id, worker_id, attempt, item.strategy, failure.exc, failure.info, usage
+            )
+            await self._emit(ProcessingEvent.ATTEMPT_FAILED, data, self._deadline_for(worker_id))
+        return failure
 
     async def _admit(
         self,
@@ -884,24 +1088,28 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         try:
             # Bounded like the call itself: a hanging on_error must not hang the item.
             async with asyncio.timeout(self.config.timeout_per_item):
-                if _method_accepts_state(strategy, "on_error", on_error):
+                takes_state = _method_accepts_state(strategy, "on_error", on_error)
+                if takes_state is True:
                     await on_error(exc, attempt, state)
+                elif takes_state:
+                    await cast(Any, on_error)(exc, attempt, state=state)
                 else:
                     await cast(Any, on_error)(exc, attempt)
         except Exception:  # TimeoutError included
             logger.exception("strategy on_error failed for item %s", item.item_id)
-        try:
-            info = self.error_classifier.classify(exc)
-        except Exception:
-            # A broken classifier must not cost the item its result or its token count: the
-            # attempt's error stands, and is not retried (nothing says it is safe to).
-            logger.exception("error classifier failed on %r for item %s", exc, item.item_id)
-            info = _UNCLASSIFIED
+        info = self._classify(exc, item.item_id)
+        category = item_category(exc, info)
+        abort = category in self._guard.abort_on
         if self.observers:
-            await self._emit(
-                ProcessingEvent.ATTEMPT_FAILED,
-                attempt_failed_data(item.item_id, worker_id, attempt, strategy, exc, info),
-            )
+            data = attempt_failed_data(item.item_id, worker_id, attempt, strategy, exc, info)
+            if abort or category == "insufficient_quota":
+                data["retryable"] = False  # ends the item whatever the classifier said
+            await self._emit(ProcessingEvent.ATTEMPT_FAILED, data)
+        if abort:  # fail fast: stop the whole batch now
+            self._guard.fail_fast(category, item.item_id, exc)
+            return _Failure(exc, info, category, at_attempt=True)
+        if category == "insufficient_quota":  # out of credit: waiting or retrying cannot help
+            return _Failure(exc, info, category, at_attempt=True)
         if info.is_rate_limit:
             self._stats.rate_limit_count += 1
             if self.observers:
@@ -910,8 +1118,17 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     {"item_id": item.item_id, "worker_id": worker_id},
                 )
             await self._cooldown.on_rate_limit(worker_id, retry_after_seconds(exc))
-            return _Failure(exc, info)
-        return _Failure(exc, info, at_attempt=not info.is_retryable)
+            return _Failure(exc, info, category)
+        return _Failure(exc, info, category, at_attempt=not info.is_retryable)
+
+    def _classify(self, exc: Exception, item_id: str) -> ErrorInfo:
+        try:
+            return self.error_classifier.classify(exc)
+        except Exception:
+            # A broken classifier must not cost the item its result or its token count: the
+            # attempt's error stands, and is not retried (nothing says it is safe to).
+            logger.exception("error classifier failed on %r for item %s", exc, item_id)
+            return _UNCLASSIFIED
 
     # ----------------------------------------------------------------------------- middleware
 
@@ -921,8 +1138,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         current = item
         for middleware in self.middlewares:
             try:
-                returned = await middleware.before_process(current)
-            except Exception:
+                # Bounded like a call: a hanging hook must not hang the item.
+                async with asyncio.timeout(self.config.timeout_per_item):
+                    returned = await middleware.before_process(current)
+            except Exception:  # TimeoutError included
                 logger.exception("middleware %r before_process failed", middleware)
                 continue
             if returned is None:
@@ -935,8 +1154,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
     ) -> WorkItemResult[TOutput, TContext]:
         for middleware in reversed(self.middlewares):
             try:
-                result = await middleware.after_process(result)
-            except Exception:
+                async with asyncio.timeout(self.config.timeout_per_item):
+                    result = await middleware.after_process(result)
+            except Exception:  # TimeoutError included: the result so far stands
                 logger.exception("middleware %r after_process failed", middleware)
         return result
 

@@ -277,4 +277,4 @@ async def process_prompts(
     positions = stream.positions
     if positions is not None:
         results.sort(key=lambda r: positions.get(r.item_id, 0))
-    return BatchResult(results=results)
+    return BatchResult(results=results, termination=processor._termination())

@@ -2,6 +2,7 @@
 
 from async_batch_llm._internal.pricing import ModelPrice, PriceTable, UnknownModelPriceError
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig
+from async_batch_llm.core.guardrails import GuardrailConfig
 from async_batch_llm.core.protocols import (
     AgentLike,
     LLMModel,
@@ -13,6 +14,7 @@ from async_batch_llm.core.protocols import (
 
 __all__ = [
     "AgentLike",
+    "GuardrailConfig",
     "LLMModel",
     "ManagedLLMModel",
     "ModelPrice",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from async_batch_llm._internal.backoff import capped_exponential
 from async_batch_llm._internal.quota_types import QuotaLimits, TokenEstimator
+from async_batch_llm.core.guardrails import GuardrailConfig
 
 __all__ = ["ProcessorConfig", "RateLimitConfig", "RetryConfig"]
 
@@ -241,6 +242,10 @@ class ProcessorConfig:
         quotas: limits per quota scope (``LLMCallStrategy.quota_scope``); a listed scope uses
             its :class:`~async_batch_llm.quota.QuotaLimits` instead of the ``max_*`` fields,
             which apply to every other scope, each scope separately.
+        guardrails: budgets, deadlines and the error categories that stop the batch
+            (:class:`~async_batch_llm.core.GuardrailConfig`; by default no budget or deadline,
+            and the batch stops at the first ``authentication`` or ``insufficient_quota``
+            answer).
 
     Raises:
         TypeError: if a field has the wrong type (``retry`` must be a :class:`RetryConfig`,
@@ -272,6 +277,7 @@ class ProcessorConfig:
     token_estimator: TokenEstimator | None = None
     quota_burst_seconds: float | None = None
     quotas: Mapping[str, QuotaLimits] | None = None
+    guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -302,6 +308,7 @@ class ProcessorConfig:
             )
         _check_number("quota_burst_seconds", self.quota_burst_seconds, optional=True)
         _check_quotas(self.quotas)
+        _check_instance("guardrails", self.guardrails, GuardrailConfig)
 
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers!r}")
@@ -329,6 +336,7 @@ class ProcessorConfig:
         self._validate_quota_limits()
         self.retry.validate()
         self.rate_limit.validate()
+        self.guardrails.validate()
 
         self._warn_about_unlikely_settings()
 

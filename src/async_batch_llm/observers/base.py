@@ -14,6 +14,9 @@ class ProcessingEvent(Enum):
 
     The payload keys of each event are listed in the processor documentation; for example
     ``ITEM_COMPLETED`` carries ``item_id``, ``duration`` (seconds) and ``tokens`` (an int).
+    While quota admission is on, ``ITEM_COMPLETED`` and ``ITEM_FAILED`` of an admitted item
+    also carry ``admission_wait``, ``quota_scope``, ``quota_limits``, ``quota_used`` and
+    ``quota_window`` (see docs/quota.md).
 
     The first ten members are those of async-batch-llm 0.6.0, in its order. Two were added after
     it, so that every attempt and every run has an end an observer can see:
@@ -25,10 +28,15 @@ class ProcessingEvent(Enum):
       ``input_tokens``, ``output_tokens`` and ``tokens`` (what the failed call reported, else
       0), ``skipped`` (``True`` only for a middleware skip, which ends the item) and ``model``
       when the strategy names one. With it, every ``ITEM_STARTED`` is followed by exactly one
-      ``ITEM_COMPLETED`` or ``ATTEMPT_FAILED`` of the same item, unless the batch is aborted.
+      ``ITEM_COMPLETED`` or ``ATTEMPT_FAILED`` of the same item, except an attempt a guardrail
+      cut short (the item's ``ITEM_FAILED`` ends it) and when the batch is aborted.
     - ``BATCH_ABORTED``: ``process_all()`` (or a stream) is ending by an exception, usually its
       cancellation, instead of returning; ``BATCH_COMPLETED`` does not follow. Payload:
       ``processed``, ``total``, ``duration`` (seconds) and ``error_type``.
+
+    ``ITEM_COMPLETED`` also carries the attempt's ``input_tokens`` and ``output_tokens`` and the
+    strategy's ``model`` (when it names one); ``ITEM_COMPLETED`` and ``ITEM_FAILED`` carry the
+    item's ``cost`` (dollars, every attempt) when a guardrails ``cost_function`` prices calls.
     """
 
     ITEM_STARTED = "item_started"

@@ -1,9 +1,11 @@
 """``BatchResult.to_jsonl`` / ``BatchResult.from_jsonl``: results as JSON Lines, one per line.
 
 Each line holds ``item_id``, ``success``, ``output_kind``, ``output`` (the output itself as a JSON
-value: a string, a JSON value or a model's fields), ``error``, ``token_usage`` and
-``replayed_from_artifact``. Contexts are not written (they need not be serialisable). Outputs use
-the artifact stores' encoding, so what a store can hold a file can hold, and back.
+value: a string, a JSON value or a model's fields), ``error``, ``error_category``, ``cost``,
+``token_usage`` and ``replayed_from_artifact`` (files written before ``error_category`` and
+``cost`` existed read back with both ``None``). Contexts are not written (they need not be
+serialisable). Outputs use the artifact stores' encoding, so what a store can hold a file can
+hold, and back.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def write_results(results: Iterable[WorkItemResult[Any, Any]], path: str | os.Pa
                 f'"success":{"true" if result.success else "false"},'
                 f'"output_kind":"{kind}","output":{output},'
                 f'"error":{json.dumps(result.error)},'
+                f'"error_category":{json.dumps(result.error_category)},'
+                f'"cost":{json.dumps(result.cost)},'
                 f'"token_usage":{json.dumps(dict(result.token_usage), separators=(",", ":"))},'
                 f'"replayed_from_artifact":{"true" if result.replayed_from_artifact else "false"}'
                 "}\n"
@@ -85,8 +89,25 @@ def read_results(
                     error=obj.get("error"),
                     token_usage=cast(TokenUsage, obj.get("token_usage") or {}),
                     replayed_from_artifact=bool(obj.get("replayed_from_artifact", False)),
+                    # Absent from files written before 0.7: read as None.
+                    error_category=_optional_str(obj.get("error_category")),
+                    cost=_optional_number(obj.get("cost")),
                 )
             except (KeyError, TypeError, ValueError, ArtifactStoreError) as exc:
                 raise ValueError(
                     f"{os.fspath(path)} line {number} is not a result line: {exc}"
                 ) from exc
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"error_category must be a string or null, got {value!r:.80}")
+
+
+def _optional_number(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"cost must be a number or null, got {value!r:.80}")
+    return float(value)

@@ -24,7 +24,9 @@ Scripting (the same on every server):
   ``"echo: " + prompt``, answers forced tool calls and structured-output
   requests with an example of the requested JSON schema.
 * Faults: :class:`Latency`, :class:`RateLimited`, :class:`ServerError`,
-  :class:`ErrorResponse`, :class:`Hang`, :class:`Disconnect`, :class:`Malformed`.
+  :class:`ErrorResponse`, :class:`Hang`, :class:`Disconnect`, :class:`Malformed`, and the
+  account answers :class:`InsufficientQuota`, :class:`InvalidAPIKey`, :class:`ModelNotFound`
+  (each provider's real status and body).
   Queue them with ``server.script(RateLimited(2.0), None, ServerError(503))``
   (consumed one per generation request in arrival order, ``None`` = pass
   through; ``kind="cache_create"`` etc. targets another request kind,
@@ -72,8 +74,11 @@ from ._core import (
     Fault,
     FaultFn,
     Hang,
+    InsufficientQuota,
+    InvalidAPIKey,
     Latency,
     Malformed,
+    ModelNotFound,
     ProviderRequest,
     ProviderServer,
     RateLimited,
@@ -102,8 +107,11 @@ __all__ = [
     "GeminiCache",
     "GeminiServer",
     "Hang",
+    "InsufficientQuota",
+    "InvalidAPIKey",
     "Latency",
     "Malformed",
+    "ModelNotFound",
     "OpenAIServer",
     "ProviderRequest",
     "ProviderServer",

@@ -45,8 +45,11 @@ __all__ = [
     "Fault",
     "FaultFn",
     "Hang",
+    "InsufficientQuota",
+    "InvalidAPIKey",
     "Latency",
     "Malformed",
+    "ModelNotFound",
     "ProviderRequest",
     "ProviderServer",
     "RateLimitStatus",
@@ -184,12 +187,62 @@ class Malformed:
     raw_body: bool = False
 
 
+@dataclass(frozen=True)
+class InsufficientQuota:
+    """Answer as the provider does when the account is out of credit.
+
+    OpenAI: HTTP 429 with type and code ``insufficient_quota``; Anthropic: HTTP 400
+    ``invalid_request_error`` "Your credit balance is too low ..."; Gemini, which has no
+    separate answer for it: HTTP 429 ``RESOURCE_EXHAUSTED`` "You exceeded your current quota".
+    """
+
+
+@dataclass(frozen=True)
+class InvalidAPIKey:
+    """Answer as the provider does when the API key is wrong, whatever key was sent.
+
+    OpenAI: HTTP 401 ``invalid_api_key``; Anthropic: HTTP 401 ``authentication_error``;
+    Gemini: HTTP 400 ``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``. (Servers built with
+    ``api_key=`` answer so by themselves to requests presenting another key.)
+    """
+
+
+@dataclass(frozen=True)
+class ModelNotFound:
+    """Answer HTTP 404 as the provider does for a model that does not exist (the request's).
+
+    (Servers built with ``models=`` answer so by themselves for models not in the list.)
+    """
+
+
 Fault: TypeAlias = (
-    Latency | RateLimited | ServerError | ErrorResponse | Hang | Disconnect | Malformed
+    Latency
+    | RateLimited
+    | ServerError
+    | ErrorResponse
+    | Hang
+    | Disconnect
+    | Malformed
+    | InsufficientQuota
+    | InvalidAPIKey
+    | ModelNotFound
 )
 """Any scripted fault."""
 
-_FAULT_TYPES = (Latency, RateLimited, ServerError, ErrorResponse, Hang, Disconnect, Malformed)
+AccountFault: TypeAlias = InsufficientQuota | InvalidAPIKey | ModelNotFound
+"""The faults a server renders from the request (its key, its model)."""
+
+_ACCOUNT_FAULTS = (InsufficientQuota, InvalidAPIKey, ModelNotFound)
+_FAULT_TYPES = (
+    Latency,
+    RateLimited,
+    ServerError,
+    ErrorResponse,
+    Hang,
+    Disconnect,
+    Malformed,
+    *_ACCOUNT_FAULTS,
+)
 
 
 # ------------------------------------------------------------------------- requests
@@ -1006,6 +1059,12 @@ class ProviderServer(abc.ABC):
     ) -> HTTPResponse:
         """Render an error in the provider's format."""
 
+    @abc.abstractmethod
+    def _account_error(
+        self, fault: AccountFault, raw: HTTPRequest, request: ProviderRequest
+    ) -> APIError:
+        """The provider's answer to an out-of-credit account, a wrong key or an unknown model."""
+
     def _malformed_reply(self, reply: Reply, fault: Malformed) -> Reply:
         """Corrupt a reply for :class:`Malformed`.
 
@@ -1188,7 +1247,10 @@ class ProviderServer(abc.ABC):
                 result = await self._answer(raw, request, route, body_error, fault)
             except _FaultSignal as signal:
                 outcome.fault = signal.fault
-                result = self._fault_result(signal.fault)
+                if isinstance(signal.fault, _ACCOUNT_FAULTS):
+                    result = self._account_response(signal.fault, raw, request)
+                else:
+                    result = self._fault_result(signal.fault)
         except _HandlerFailure as failure:
             outcome.error = failure.error
             self.handler_errors.append(failure.error)
@@ -1211,6 +1273,8 @@ class ProviderServer(abc.ABC):
         body_error: str | None,
         fault: Fault | None,
     ) -> HandlerResult | None:
+        if isinstance(fault, _ACCOUNT_FAULTS):
+            return self._account_response(fault, raw, request)
         if fault is not None and not isinstance(fault, Malformed):
             return self._fault_result(fault)
         if isinstance(fault, Malformed) and (fault.raw_body or route is None):
@@ -1226,6 +1290,14 @@ class ProviderServer(abc.ABC):
             return await route.handler(request, malformed)
         except APIError as exc:
             return self._error_response(exc.status, exc.message, code=exc.code, headers=exc.headers)
+
+    def _account_response(
+        self, fault: AccountFault, raw: HTTPRequest, request: ProviderRequest
+    ) -> HTTPResponse:
+        error = self._account_error(fault, raw, request)
+        return self._error_response(
+            error.status, error.message, code=error.code, headers=error.headers
+        )
 
     def _fault_result(self, fault: Fault) -> HandlerResult | None:
         """The response for a fault; ``None`` means hang."""

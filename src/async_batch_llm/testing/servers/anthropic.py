@@ -100,8 +100,11 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ._core import (
+    AccountFault,
     APIError,
     FaultFn,
+    InsufficientQuota,
+    InvalidAPIKey,
     JSONDict,
     Malformed,
     ProviderRequest,
@@ -393,6 +396,19 @@ class AnthropicServer(ProviderServer):
         )
 
     # ----------------------------------------------------------------- errors
+
+    def _account_error(
+        self, fault: AccountFault, raw: HTTPRequest, request: ProviderRequest
+    ) -> APIError:
+        if isinstance(fault, InsufficientQuota):
+            return APIError(
+                400,
+                "Your credit balance is too low to access the Anthropic API. Please go to "
+                "Plans & Billing to upgrade or purchase credits.",
+            )
+        if isinstance(fault, InvalidAPIKey):
+            return APIError(401, "invalid x-api-key")
+        return APIError(404, f"model: {request.model}")
 
     def _error_response(
         self,

@@ -74,8 +74,11 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ._core import (
+    AccountFault,
     APIError,
     FaultFn,
+    InsufficientQuota,
+    InvalidAPIKey,
     JSONDict,
     Malformed,
     ProviderRequest,
@@ -479,6 +482,22 @@ class GeminiServer(ProviderServer):
         )
 
     # ----------------------------------------------------------------- errors
+
+    def _account_error(
+        self, fault: AccountFault, raw: HTTPRequest, request: ProviderRequest
+    ) -> APIError:
+        if isinstance(fault, InsufficientQuota):
+            return APIError(429, _DEFAULT_MESSAGES[429])
+        if isinstance(fault, InvalidAPIKey):
+            return APIError(
+                400, "API key not valid. Please pass a valid API key.", code="API_KEY_INVALID"
+            )
+        return APIError(
+            404,
+            f"models/{request.model} is not found for API version v1beta, or is not supported "
+            "for generateContent. Call ListModels to see the list of available models and their "
+            "supported methods.",
+        )
 
     def _error_response(
         self,

@@ -99,8 +99,11 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from ._core import (
+    AccountFault,
     APIError,
     FaultFn,
+    InsufficientQuota,
+    InvalidAPIKey,
     JSONDict,
     Malformed,
     ProviderRequest,
@@ -403,6 +406,28 @@ class OpenAIServer(ProviderServer):
 
     # ----------------------------------------------------------------- errors
 
+    def _account_error(
+        self, fault: AccountFault, raw: HTTPRequest, request: ProviderRequest
+    ) -> APIError:
+        if isinstance(fault, InsufficientQuota):
+            return APIError(
+                429,
+                "You exceeded your current quota, please check your plan and billing details. "
+                "For more information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                code="insufficient_quota",
+            )
+        if isinstance(fault, InvalidAPIKey):
+            error = self._check_api_key(raw)
+            if error is None:  # the key presented is the configured one: show it anyway
+                error = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+            return error
+        return APIError(
+            404,
+            f"The model `{request.model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+
     def _error_response(
         self,
         status: int,
@@ -418,6 +443,8 @@ class OpenAIServer(ProviderServer):
             if status >= 500
             else ("invalid_request_error", None, "Request failed."),
         )
+        if code == "insufficient_quota":  # out of credit: its own type, not a rate limit
+            error_type = code
         body = {
             "error": {
                 "message": message or default_message,
@@ -427,7 +454,7 @@ class OpenAIServer(ProviderServer):
             }
         }
         extra = [("x-request-id", self._next_id("req_", 24)), *retry_after_headers(retry_after)]
-        if status == 429 and not self.rate_limits:
+        if status == 429 and not self.rate_limits and code != "insufficient_quota":
             reset = f"{retry_after if retry_after is not None else 1.0:g}s"
             extra.extend(
                 [
