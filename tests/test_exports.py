@@ -66,6 +66,7 @@ BEYOND_ALL = {
     "QuotaLimits": "async_batch_llm.quota",
     "OpenAIStrategy": "async_batch_llm.llm_strategies",
     "AnthropicStrategy": "async_batch_llm.llm_strategies",
+    "RichProgressObserver": "async_batch_llm.observers",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
