@@ -165,11 +165,11 @@ class SlowServer:
 
 def committed(store: Path) -> set[str]:
     """Item ids with a committed success (read with plain sqlite3, while a writer may run)."""
+    if not store.exists():
+        return set()
     try:
         with closing(sqlite3.connect(store, timeout=10)) as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT item_id FROM records WHERE success = 1"
-            ).fetchall()
+            rows = conn.execute("SELECT DISTINCT item_id FROM records WHERE success = 1").fetchall()
     except sqlite3.OperationalError:  # the store is being created
         return set()
     return {row[0] for row in rows}
@@ -203,7 +203,7 @@ def test_sigkill_then_resume_answers_every_line_exactly_once(tmp_path: Path) -> 
         )
         try:
             wait_until(
-                lambda: store.exists() and len(committed(store)) >= 20 or child.poll() is not None,
+                lambda: len(committed(store)) >= 20 or child.poll() is not None,
                 timeout=60,
                 what="20 committed results",
             )
@@ -233,22 +233,3 @@ def test_sigkill_then_resume_answers_every_line_exactly_once(tmp_path: Path) -> 
     assert second_calls == total - len(saved)  # no committed success is called again
     assert f"({total - len(saved)} called, {len(saved)} reused from" in resumed.stdout
     assert set(store_records(store)) == {f"r{i:04d}" for i in range(total)}
-
-
-def test_resume_of_a_finished_run_calls_nothing(finished: FinishedRun, tmp_path: Path) -> None:
-    store = tmp_path / "copy.db"
-    with closing(sqlite3.connect(finished.store)) as src, closing(sqlite3.connect(store)) as dst:
-        src.backup(dst)
-    out = tmp_path / "again.jsonl"
-    before = finished.server.counts["chat_completions"]
-    outcome = cli(
-        [
-            "run", str(finished.input), "--provider", "openai", "--model", MODEL,
-            "--base-url", finished.server.base_url, "--out", str(out), "--store", str(store),
-            "--resume",
-        ]
-    )  # fmt: skip
-    assert outcome.code == 0, outcome.stderr
-    assert finished.server.counts["chat_completions"] == before
-    assert sorted(out.read_text().splitlines()) == sorted(finished.out.read_text().splitlines())
-
