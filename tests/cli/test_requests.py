@@ -126,6 +126,15 @@ def test_providers_refuse_parameters_they_cannot_send(
     line_checker("openai")(request)  # OpenAI takes whatever its SDK takes
 
 
+def test_parameters_the_installed_sdk_does_not_take_are_refused() -> None:
+    request = parse_line(batch(body=body(frobnicate=1, temperature=0)))
+    with pytest.raises(LineError) as caught:
+        line_checker("openai")(request)
+    assert "body parameter(s) ['frobnicate'] not taken by the installed openai SDK (" in str(
+        caught.value
+    )
+
+
 def test_gemini_takes_one_user_turn_and_text_only() -> None:
     check = line_checker("gemini")
     two_turns = [

@@ -9,7 +9,9 @@ output line needs.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -98,6 +100,40 @@ def api_key_for(spec: ProviderSpec, environ: Mapping[str, str] | None = None) ->
     return None
 
 
+_ANTHROPIC_NAMES = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences"}
+"""Body parameters the Anthropic request names differently."""
+
+
+@functools.cache
+def sdk_parameters(provider: str) -> tuple[frozenset[str], str] | None:
+    """The keyword parameters of the SDK's create call and the SDK's version, when readable.
+
+    Imports the SDK (only once a line has parameters to check). ``None`` for Gemini, when the
+    SDK is missing, or when its create call takes ``**kwargs``.
+    """
+    try:
+        if provider == "openai":
+            import openai
+            from openai.resources.chat.completions import AsyncCompletions
+
+            create: Any = AsyncCompletions.create
+            version = openai.__version__
+        elif provider == "anthropic":
+            import anthropic
+            from anthropic.resources.messages import AsyncMessages
+
+            create = AsyncMessages.create
+            version = anthropic.__version__
+        else:
+            return None
+        parameters = inspect.signature(create).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return frozenset(parameters), version
+
+
 def line_checker(provider: str) -> Callable[[Request], None]:
     """A check of one request against what ``provider`` can send; raises :class:`LineError`."""
     spec = PROVIDERS[provider]
@@ -109,6 +145,18 @@ def line_checker(provider: str) -> Callable[[Request], None]:
                 raise LineError(
                     f"body parameter(s) {unknown} not supported with --provider {provider} "
                     f"(supported: {sorted(spec.params)})"
+                )
+        if request.params and (sdk := sdk_parameters(provider)) is not None:
+            accepted, version = sdk
+            names = {
+                _ANTHROPIC_NAMES.get(name, name) if provider == "anthropic" else name: name
+                for name in request.params
+            }
+            refused = sorted(body for sent, body in names.items() if sent not in accepted)
+            if refused:
+                raise LineError(
+                    f"body parameter(s) {refused} not taken by the installed {spec.package} "
+                    f"SDK ({version})"
                 )
         if provider == "gemini":
             turns = [m for m in request.messages if m["role"] not in ("system", "developer")]
