@@ -232,3 +232,9 @@ def test_close_stops_the_line_thread_of_a_batch_that_never_completed() -> None:
     assert time.monotonic() - started < 5  # did not wait for the 60 s interval
     assert "items 0/5" in log.getvalue()
     assert not any(t.name == "async-batch-llm-progress" for t in threading.enumerate())
+
+
+def test_rates_of_the_first_second_are_counted_over_one_second() -> None:
+    tracker = ProgressTracker()
+    feed(tracker, (0.0, E.BATCH_STARTED, {}), (0.1, E.ITEM_STARTED, {"item_id": "a"}))
+    assert tracker.snapshot(0.2).requests_per_minute == pytest.approx(60)

@@ -14,6 +14,8 @@ import pytest
 from async_batch_llm._cli import main
 from async_batch_llm.testing.servers import (
     AnthropicServer,
+    ErrorResponse,
+    Fault,
     GeminiServer,
     OpenAIServer,
     ProviderRequest,
@@ -111,3 +113,27 @@ def test_openai_gets_the_body_parameters_as_they_are(
     assert sent["second one"].body["stop"] == ["x"]
     assert sent["second one"].body["messages"][0] == {"role": "system", "content": "Be brief"}
     check_output(out, "gpt-4o")
+
+
+def test_a_request_that_fails_gets_an_error_line_and_exit_code_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse_third(request: ProviderRequest) -> Fault | None:
+        return (
+            ErrorResponse(400, "This request is not allowed.")
+            if request.prompt == "third"
+            else None
+        )
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with threaded(OpenAIServer(fault_fn=refuse_third, prompt_caching=False)) as server:
+        code, out = run(tmp_path, "openai", "gpt-4o-mini", server)
+        calls = server.counts["chat_completions"]
+    assert code == 1
+    assert calls == 3  # a 400 is not retried
+    lines = {line["custom_id"]: line for line in read_lines(out)}
+    assert lines["a"]["error"] is None
+    failed = lines["3"]
+    assert failed["response"] is None
+    assert failed["error"]["code"] == "request_failed"
+    assert "This request is not allowed." in failed["error"]["message"]

@@ -33,7 +33,7 @@ API keys come from OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY (or GOOGLE_
 Exit codes: 0 every request succeeded, 1 some failed, 2 bad usage or bad input.
 """
 
-_RUN_HELP = """Send every request of INPUT and write one result line per request to --out.
+_RUN_HELP = """Send every request of INPUT.jsonl; write one result line per request to --out.
 
 \b
 INPUT is JSON Lines, one request per line, either
@@ -137,7 +137,7 @@ def build_cli() -> click.Group:
     def cli() -> None:
         pass
 
-    @cli.command("run", help=_RUN_HELP)
+    @cli.command("run", help=_RUN_HELP, short_help="Run every request of INPUT.jsonl.")
     @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(dir_okay=True))
     @click.option(
         "--provider",
@@ -169,7 +169,12 @@ def build_cli() -> click.Group:
         "--resume", is_flag=True, help="Reuse the successes already in --store; call the rest."
     )
     @click.option(
-        "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Concurrency."
+        "--workers",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        metavar="N",
+        help="Requests in flight at once.",
     )
     @click.option(
         "--rpm", type=click.IntRange(min=1), metavar="N", help="At most N requests per minute."

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from async_batch_llm._cli.inputs import LineError, Request
 from async_batch_llm._cli.output import completion_body
-from async_batch_llm._cli.requests import LineError, Request
 from async_batch_llm._strategies.anthropic import AnthropicStrategy
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._strategies.openai import OpenAIStrategy

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from async_batch_llm._cli.inputs import (
+    InputFileError,
+    Request,
+    ScanReport,
+    iter_requests,
+    scan_input,
+)
 from async_batch_llm._cli.output import result_output_line
 from async_batch_llm._cli.providers import (
     PROVIDERS,
@@ -29,13 +36,6 @@ from async_batch_llm._cli.providers import (
     error_classifier,
     line_checker,
     sdk_installed,
-)
-from async_batch_llm._cli.requests import (
-    InputFileError,
-    Request,
-    ScanReport,
-    iter_requests,
-    scan_input,
 )
 from async_batch_llm._internal.artifacts.records import (
     ArtifactStoreError,

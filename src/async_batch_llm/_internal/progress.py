@@ -149,9 +149,9 @@ class ProgressTracker:
         end = self.finished_at if self.finished_at is not None else now
         elapsed = max(0.0, end - self.started_at) if self.started_at is not None else 0.0
         done = self.succeeded + self.failed
-        # Within the first minute, the window is the time elapsed so far.
-        span = min(_WINDOW, elapsed) if elapsed > 0 else 0.0
-        scale = 60.0 / span if span >= 1.0 else 0.0
+        # Within the first minute the window is the time elapsed so far (at least a second,
+        # so the first moments do not extrapolate a handful of requests to a huge rate).
+        scale = 60.0 / min(_WINDOW, max(elapsed, 1.0))
         rate = done / elapsed if elapsed > 0 and done else 0.0
         eta: float | None = None
         if self.finished_at is not None:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from async_batch_llm._cli.providers import line_checker
-from async_batch_llm._cli.requests import (
+from async_batch_llm._cli.inputs import (
     InputFileError,
     LineError,
     Request,
@@ -16,6 +15,7 @@ from async_batch_llm._cli.requests import (
     parse_line,
     scan_input,
 )
+from async_batch_llm._cli.providers import line_checker
 
 
 def batch(custom_id: object = "a", **overrides: object) -> str:
