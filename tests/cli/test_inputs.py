@@ -205,3 +205,15 @@ def test_an_unreadable_input_is_one_clear_error(tmp_path: Path, make: object, me
     path = make(tmp_path)  # type: ignore[operator]  # the table's lambdas
     with pytest.raises(InputFileError, match=message):
         scan_input(path)
+
+
+def test_a_repeated_id_on_a_line_the_check_refuses_is_not_a_duplicate(tmp_path: Path) -> None:
+    def no_params(request: Request) -> None:
+        if request.params:
+            raise LineError("no parameters here")
+
+    refused = batch("a", body=body(temperature=1))
+    path = write(tmp_path, batch("a"), refused, batch("b"), batch("b"))
+    report = scan_input(path, no_params)
+    assert report.errors == [(2, "no parameters here")]
+    assert report.duplicates == [("b", 3, 4)]

@@ -214,8 +214,9 @@ def scan_input(
 ) -> ScanReport:
     """Read the whole input once, checking every line, without keeping the requests.
 
-    Memory grows with the number of lines only by one 8-byte hash per custom id (to find
-    duplicates); a suspected duplicate is confirmed by exact comparison in a second pass.
+    To find repeated custom ids it keeps one small integer (a 64-bit hash of the id) per line,
+    about 70 bytes each; ids whose hashes repeat are compared exactly in a second pass, which
+    also finds their line numbers.
 
     Args:
         path: the input file.
@@ -227,13 +228,11 @@ def scan_input(
     """
     source = Path(os.fspath(path))
     report = ScanReport()
-    first_line: dict[int, int] = {}
-    suspects: dict[int, list[int]] = {}
+    seen: set[int] = set()
+    suspects: set[int] = set()
     for number, text in _lines(source):
         try:
-            request = parse_line(text)
-            if check is not None:
-                check(request)
+            request = _checked(text, check)
         except LineError as exc:
             report.add_error(number, str(exc))
             continue
@@ -241,22 +240,34 @@ def scan_input(
         if request.model is not None and len(report.models) < _MAX_REPORTED:
             report.models.add(request.model)
         key = _id_key(request.custom_id)
-        seen = first_line.setdefault(key, number)
-        if seen != number:
-            suspects.setdefault(key, [seen]).append(number)
+        if key in seen:
+            suspects.add(key)
+        else:
+            seen.add(key)
     if suspects:
-        report.duplicates = _confirm_duplicates(source, suspects)
+        report.duplicates = _confirm_duplicates(source, suspects, check)
     return report
 
 
-def _confirm_duplicates(path: Path, suspects: dict[int, list[int]]) -> list[tuple[str, int, int]]:
-    wanted = {line for lines in suspects.values() for line in lines}
+def _checked(text: str, check: Callable[[Request], None] | None) -> Request:
+    request = parse_line(text)
+    if check is not None:
+        check(request)
+    return request
+
+
+def _confirm_duplicates(
+    path: Path, suspects: set[int], check: Callable[[Request], None] | None
+) -> list[tuple[str, int, int]]:
     first: dict[str, int] = {}
     found: list[tuple[str, int, int]] = []
     for number, text in _lines(path):
-        if number not in wanted:
+        try:
+            custom_id = _checked(text, check).custom_id
+        except LineError:
             continue
-        custom_id = parse_line(text).custom_id
+        if _id_key(custom_id) not in suspects:
+            continue
         seen = first.setdefault(custom_id, number)
         if seen != number and len(found) < _MAX_REPORTED:
             found.append((custom_id, seen, number))
@@ -276,9 +287,7 @@ def iter_requests(
     """
     for _, text in _lines(Path(os.fspath(path))):
         try:
-            request = parse_line(text)
-            if check is not None:
-                check(request)
+            request = _checked(text, check)
         except LineError:
             continue
         yield request

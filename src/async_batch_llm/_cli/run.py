@@ -61,7 +61,12 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything ``run`` was given. See ``async-batch-llm run --help`` for each."""
+    """Everything ``run`` was given. See ``async-batch-llm run --help`` for each.
+
+    A new option (``--max-cost``, ``--mode``, ``--dry-run`` as their features land) adds a
+    field here, its click option in ``commands.py``, and its effect in :func:`processor_config`
+    (or, for ``--dry-run``, a branch in ``_run`` after the checks, instead of ``_execute``).
+    """
 
     input: Path
     provider: str
