@@ -238,3 +238,26 @@ def test_rates_of_the_first_second_are_counted_over_one_second() -> None:
     tracker = ProgressTracker()
     feed(tracker, (0.0, E.BATCH_STARTED, {}), (0.1, E.ITEM_STARTED, {"item_id": "a"}))
     assert tracker.snapshot(0.2).requests_per_minute == pytest.approx(60)
+
+
+async def test_the_panel_counts_the_cooldown_down_on_the_observer_clock() -> None:
+    from rich.console import Console
+
+    now = [100.0]
+    observer = RichProgressObserver(
+        mode="live", file=io.StringIO(), max_tokens_per_minute=5000, clock=lambda: now[0]
+    )
+    await observer.on_event(E.BATCH_STARTED, {"total": 10})
+    await observer.on_event(E.ITEM_STARTED, {"item_id": "a"})
+    await observer.on_event(E.RATE_LIMIT_HIT, {"item_id": "a"})
+    await observer.on_event(E.COOLDOWN_STARTED, {"duration": 30.0})
+    now[0] = 112.0
+    screen = io.StringIO()
+    Console(file=screen, width=100).print(observer)
+    text = screen.getvalue()
+    observer.close()
+    assert re.search(r"Cooldown\s+18s left", text), text
+    assert re.search(r"Retries\s+0\s+\(rate limited 1\)", text)
+    assert re.search(r"Tokens/min\s+0/5,000", text)
+    assert re.search(r"Items\s+0/10\s+\(0%\)", text)
+    assert re.search(r"ETA\s+—", text)  # nothing finished yet: no throughput to project

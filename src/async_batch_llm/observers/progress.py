@@ -135,7 +135,7 @@ class RichProgressObserver(BaseObserver):
 
             console = Console(file=self.file)
             self._live = Live(
-                get_renderable=self._render,
+                get_renderable=self.__rich__,
                 console=console,
                 refresh_per_second=self.refresh_per_second,
                 transient=False,
@@ -160,7 +160,8 @@ class RichProgressObserver(BaseObserver):
         except (OSError, ValueError):  # closed or broken output: stop quietly
             self._stop.set()
 
-    def _render(self) -> RenderableType:
+    def __rich__(self) -> RenderableType:
+        """The panel of the figures now (rich calls this; `Console().print(observer)` too)."""
         from rich.panel import Panel
         from rich.progress_bar import ProgressBar
         from rich.table import Table
