@@ -125,7 +125,7 @@ soak: install ## Run the long-running soak tests only
 
 .PHONY: soak-kill
 soak-kill: install ## Kill -9 a 20,000-item run five times, resume it, check nothing lost or paid twice
-	$(BIN)/python -m tests.soak.soak_kill --store-kind both --lenient-commit-window
+	$(BIN)/python -m tests.soak.soak_kill --store-kind both
 
 .PHONY: ci
 ci: install ## format-check, lint, typecheck, test, in that order, stopping at the first failure

@@ -373,6 +373,7 @@ async def run_framework(
 
         store = SqliteArtifactStore(store_path)
         kwargs["artifact_store"] = store
+        _watch_commit_lag(extra)
     item_cls = abl.LLMWorkItem
     try:
         async with abl.ParallelBatchProcessor(config=config, **kwargs) as processor:
@@ -392,6 +393,33 @@ async def run_framework(
         extra["progress_calls"] = hooks.progress_calls
         extra["metrics_items_succeeded"] = (await metrics.get_metrics())["items_succeeded"]
     return results
+
+
+_LAG_SINK: list[dict[str, Any]] = []
+"""Where the watched writer reports: the ``extra`` of the run in progress."""
+
+
+def _watch_commit_lag(extra: dict[str, Any]) -> None:
+    """Record the writer's longest commit lag (hand-over to commit) of the run in ``extra``.
+
+    Instrumentation of the benchmark only: the writer's statistics are read as it closes.
+    """
+    from async_batch_llm._internal.artifacts.writer import ArtifactWriter
+
+    _LAG_SINK[:] = [extra]
+    close = ArtifactWriter.close
+    if getattr(close, "bench_watch", False):
+        return
+
+    async def watched(self: ArtifactWriter[Any]) -> None:
+        await close(self)
+        stats = self.statistics()
+        sink = _LAG_SINK[0]
+        sink["commit_max_lag_s"] = max(sink.get("commit_max_lag_s", 0.0), stats.max_lag)
+        sink["commits"] = sink.get("commits", 0) + stats.commits
+
+    watched.bench_watch = True  # type: ignore[attr-defined]
+    ArtifactWriter.close = watched  # type: ignore[method-assign]
 
 
 def stream_prompts(count: int) -> Iterator[str]:

@@ -1,14 +1,16 @@
-"""OpenAI: a custom strategy on ``openai.AsyncOpenAI`` with structured JSON output.
+"""OpenAI: the built-in ``OpenAIStrategy`` with structured output, on ``openai.AsyncOpenAI``.
 
 What it shows:
 
-* wrapping an SDK client in an ``LLMCallStrategy``: one API call per attempt, token usage read
-  from the response (cached prompt tokens included);
-* structured output: the request carries a JSON schema, the reply is validated with pydantic, and
-  a reply that does not validate raises ``ValidationError``, which the processor retries. The
-  tokens the bad reply cost are attached to the error, so the batch totals stay exact;
+* ``OpenAIStrategy(client, model, output_type=ReviewAnalysis)``: one Chat Completions call per
+  attempt, asking for strict structured output built from the pydantic model and validating the
+  reply into it; token usage (cached prompt tokens included) read from the response;
+* a reply that does not validate raises ``ValidationError``, which the processor retries at once.
+  The tokens the bad reply cost are attached to the error, so the batch totals stay exact;
 * ``max_retries=0`` on the client, so retrying is the processor's job: a 429 starts the cooldown
-  shared by every worker, lasting at least as long as the ``Retry-After`` the API sent.
+  shared by every worker, lasting at least as long as the ``Retry-After`` the API sent;
+* extending the built-in strategy: ``on_error`` narrates each failed attempt. The strategy raises
+  its own error types from the SDK's, so the SDK error is the ``__cause__``.
 
 Run it: ``python examples/example_openai.py``. With ``OPENAI_API_KEY`` set it calls the OpenAI API
 (``gpt-4o-mini``, a few hundred tokens); without it, a local OpenAI emulator answers, scripted to
@@ -22,19 +24,16 @@ from typing import Literal
 
 import openai
 from _offline import openai_backend
-from openai.types.chat import ChatCompletion
-from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, ValidationError
 
 from async_batch_llm import (
-    LLMCallStrategy,
     LLMWorkItem,
+    OpenAIStrategy,
     ParallelBatchProcessor,
     ProcessorConfig,
     RateLimitConfig,
     RetryConfig,
     RetryState,
-    TokenUsage,
 )
 from async_batch_llm.testing.servers import Malformed, ProviderRequest, RateLimited
 
@@ -58,71 +57,21 @@ class ReviewAnalysis(BaseModel):
     summary: str
 
 
-# Strict structured outputs: every field required, no extra keys.
-RESPONSE_FORMAT: ResponseFormatJSONSchema = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "ReviewAnalysis",
-        "strict": True,
-        "schema": {**ReviewAnalysis.model_json_schema(), "additionalProperties": False},
-    },
-}
-
-SYSTEM_PROMPT = (
-    "Classify the customer review. Give the sentiment, a star rating from 1 to 5 and a summary "
-    "of at most eight words."
+INSTRUCTIONS = (
+    "Classify the customer review below. Give the sentiment, a star rating from 1 to 5 and a "
+    "summary of at most eight words."
 )
 
 
-def usage_of(completion: ChatCompletion) -> TokenUsage:
-    """The token usage of one chat completion, cached prompt tokens included."""
-    usage = completion.usage
-    if usage is None:
-        return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-    details = usage.prompt_tokens_details
-    return {
-        "input_tokens": usage.prompt_tokens,
-        "output_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "cached_input_tokens": (details.cached_tokens or 0) if details else 0,
-    }
-
-
-class OpenAIStructuredStrategy(LLMCallStrategy[ReviewAnalysis]):
-    """One chat completion per attempt, validated against ``ReviewAnalysis``."""
-
-    def __init__(self, client: openai.AsyncOpenAI, model: str = MODEL) -> None:
-        self.client = client
-        self.model = model
-
-    async def execute(
-        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
-    ) -> tuple[ReviewAnalysis, TokenUsage]:
-        completion = await self.client.chat.completions.create(
-            model=self.model,
-            messages=[
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": prompt},
-            ],
-            response_format=RESPONSE_FORMAT,
-            timeout=timeout,
-        )
-        tokens = usage_of(completion)
-        try:
-            analysis = ReviewAnalysis.model_validate_json(
-                completion.choices[0].message.content or ""
-            )
-        except ValidationError as exc:
-            # The documented way to say "this failed attempt still cost tokens".
-            exc.__dict__["_failed_token_usage"] = tokens
-            raise
-        return analysis, tokens
+class ReviewStrategy(OpenAIStrategy[ReviewAnalysis]):
+    """The built-in strategy, telling what happened to each failed attempt."""
 
     async def on_error(
         self, exception: Exception, attempt: int, state: RetryState | None = None
     ) -> None:
-        if isinstance(exception, openai.RateLimitError):
-            headers = exception.response.headers
+        cause = exception.__cause__  # the SDK's error, for API errors
+        if isinstance(cause, openai.RateLimitError):
+            headers = cause.response.headers
             millis = headers.get("retry-after-ms")  # precise; retry-after is in whole seconds
             wait = f"{float(millis) / 1000:g}" if millis else headers.get("retry-after", "?")
             print(f"  ! attempt {attempt}: 429, Retry-After {wait}s; every worker pauses")
@@ -134,14 +83,15 @@ class OpenAIStructuredStrategy(LLMCallStrategy[ReviewAnalysis]):
 
 def offline_reviewer(request: ProviderRequest) -> dict[str, object]:
     """Stands in for the model in offline mode: a keyword classifier."""
-    text = request.prompt.lower()
+    review = request.prompt.splitlines()[-1]
+    text = review.lower()
     if any(word in text for word in ("love", "great")):
         sentiment, stars = "positive", 5
     elif any(word in text for word in ("broke", "stopped", "terrible")):
         sentiment, stars = "negative", 1
     else:
         sentiment, stars = "mixed", 3
-    return {"sentiment": sentiment, "stars": stars, "summary": " ".join(request.prompt.split()[:8])}
+    return {"sentiment": sentiment, "stars": stars, "summary": " ".join(review.split()[:8])}
 
 
 async def main() -> None:
@@ -157,7 +107,7 @@ async def main() -> None:
         client = openai.AsyncOpenAI(
             base_url=backend.base_url, api_key=backend.api_key, max_retries=0
         )
-        strategy = OpenAIStructuredStrategy(client)
+        strategy = ReviewStrategy(client, MODEL, output_type=ReviewAnalysis)
         config = ProcessorConfig(
             max_workers=3,
             timeout_per_item=30.0,
@@ -171,7 +121,11 @@ async def main() -> None:
             ) as processor:
                 for item_id, review in REVIEWS.items():
                     await processor.add_work(
-                        LLMWorkItem(item_id=item_id, strategy=strategy, prompt=review)
+                        LLMWorkItem(
+                            item_id=item_id,
+                            strategy=strategy,
+                            prompt=f"{INSTRUCTIONS}\n\n{review}",
+                        )
                     )
                 result = await processor.process_all()
         finally:

@@ -159,14 +159,15 @@ def test_openai_example_retries_a_429_and_a_malformed_reply() -> None:
     assert "server saw 8 requests, statuses {200: 7, 429: 1}" in out
 
 
-def test_anthropic_example_retries_a_529_and_a_429() -> None:
+def test_anthropic_example_retries_a_529_a_429_and_an_unusable_answer() -> None:
     out = run_example("example_anthropic.py")
     assert "HTTP 529; retrying with backoff" in out
     assert "429, retry-after 0.5s; every worker pauses" in out
+    assert "the answer is not a valid Triage; asking again" in out
     assert "ticket-2  bug" in out
     assert "5/5 succeeded" in out
     assert token_totals(out)[0] > 0
-    assert "statuses {200: 5, 429: 1, 529: 1}" in out
+    assert "statuses {200: 6, 429: 1, 529: 1}" in out
 
 
 def test_langchain_example_answers_from_retrieved_passages() -> None:
@@ -228,7 +229,8 @@ def test_context_manager_example_prepares_and_cleans_up_once() -> None:
 
 
 def test_demo_goes_over_http_and_pauses_every_worker_for_retry_after() -> None:
-    out = run_example("demo.py", "--items", "60")
+    out = run_example("demo.py", "--items", "60", "--quota-items", "30")
+    out, part2 = out.split("\nPart 2: staying under a token quota.", 1)
     assert "openai SDK over HTTP to a local OpenAI emulator" in out
     assert re.search(r"429     doc-\d+ on worker \d \(Retry-After 1\.\d+s\)", out), out
     assert re.search(r"PAUSE   every worker for 1\.[45]\ds: the server's Retry-After", out), out
@@ -248,6 +250,21 @@ def test_demo_goes_over_http_and_pauses_every_worker_for_retry_after() -> None:
     assert re.search(r"wall time          : [\d.]+s", out)
     assert "async_batch_llm_items_processed 60" in out
     assert "async_batch_llm_rate_limits_hit " in out
+
+    # Part 2: a TPM-bound batch paced by the gate against an emulator enforcing the same limit.
+    assert "succeeded / failed : 30 / 0 of 30" in part2
+    assert "provider requests  : 30 seen by the server (200: 30)" in part2
+    assert "429 responses      : 0" in part2
+    gate_lines = re.findall(r"GATE    tokens/min +([\d,]+) of 90,000 .*429s so far: 0", part2)
+    assert gate_lines, part2
+    used = re.search(r"tokens per minute  : ([\d,]+) used, limit 90,000", part2)
+    assert used is not None, part2
+    assert 0 < int(used.group(1).replace(",", "")) <= 90_000
+    assert re.search(r"requests per minute: [\d,]+ used, limit 1,200", part2), part2
+    charged = re.search(r"tokens             : ([\d,]+) .*the server charged ([\d,]+)", part2)
+    assert charged is not None, part2
+    assert charged.group(1) == charged.group(2)  # the usage the gate reconciled is the server's
+    assert 'async_batch_llm_quota_limit_per_minute{quota_scope="openai:gpt-4o-mini",' in part2
 
 
 @pytest.mark.parametrize(
@@ -325,7 +342,7 @@ def test_providers_commands_are_the_tested_examples() -> None:
     assert all(line.startswith("python examples/") for line in commands)
     scripts = {line.split()[1].removeprefix("examples/") for line in commands}
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == scripts
-    assert "python examples/demo.py --items 60" in commands  # what the demo test runs
+    assert "python examples/demo.py --items 60 --quota-items 30" in commands  # the demo test's
 
 
 @pytest.mark.parametrize(

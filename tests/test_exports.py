@@ -66,6 +66,8 @@ BEYOND_ALL = {
     "QuotaLimits": "async_batch_llm.quota",
     "OpenAIStrategy": "async_batch_llm.llm_strategies",
     "AnthropicStrategy": "async_batch_llm.llm_strategies",
+    "PriceTable": "async_batch_llm.core",
+    "ModelPrice": "async_batch_llm.core",
     "RichProgressObserver": "async_batch_llm.observers",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
@@ -88,6 +90,9 @@ CORE_ALL = [
     "ResultLike",
     "TOutput",
     "UsageLike",
+    "PriceTable",
+    "ModelPrice",
+    "UnknownModelPriceError",
 ]
 ERRORS = [
     "ErrorClassifier",
@@ -217,6 +222,7 @@ SAME_OBJECT = [
         "OpenAIStrategy": ["async_batch_llm", "async_batch_llm.llm_strategies"],
         "AnthropicStrategy": ["async_batch_llm", "async_batch_llm.llm_strategies"],
         "GeminiCachedModel": ["async_batch_llm", "async_batch_llm.models"],
+        "PriceTable": ["async_batch_llm", "async_batch_llm.core"],
         "FrameworkTimeoutError": [
             "async_batch_llm",
             "async_batch_llm.strategies",

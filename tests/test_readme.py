@@ -68,14 +68,32 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "dry-run",
         "config-reference",
         "resumable",
+        "quota",
     }
     assert set(snippets()) == covered
 
 
-def test_basic_example_prints_success_and_tokens() -> None:
-    _, printed = run_snippet("basic")
-    # MockAgent reports 10 input + 20 output tokens per call; two documents.
-    assert printed.splitlines() == ["Succeeded: 2/2", "Tokens used: 60"]
+def test_basic_example_prints_success_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serving_from_a_thread(OpenAIServer()) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-readme")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)  # AsyncOpenAI() reads both
+        _, printed = run_snippet("basic")
+    # The emulator counts words: 4 prompt tokens per document ("Summarize: Document 1
+    # text..."); its reply, the Summary JSON filled in with the prompt, is 10 words.
+    assert printed.splitlines() == ["Succeeded: 2/2", "Tokens used: 28"]
+    assert server.counts == {"chat_completions": 2}
+    sent = {request.body["response_format"]["json_schema"]["name"] for request in server.requests}
+    assert sent == {"Summary"}  # structured output, validated into Summary
+
+
+def test_quota_snippet_runs_under_the_limit_without_a_429() -> None:
+    _, printed = run_snippet("quota")
+    lines = printed.splitlines()
+    assert lines[:2] == ["20/20 succeeded, 429s: 0", "tokens: 1300"]
+    rate = re.fullmatch(r"tokens/min ([\d,]+) of 40,000", lines[2])
+    assert rate is not None, printed
+    assert 0 < int(rate.group(1).replace(",", "")) <= 40_000
+    assert len(lines) == 3
 
 
 def test_retry_config_snippet() -> None:

@@ -7,6 +7,7 @@ type error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, assert_type
 
 from pydantic import BaseModel
@@ -24,8 +25,10 @@ from async_batch_llm import (
     LLMResponse,
     LLMWorkItem,
     MetricsObserver,
+    ModelPrice,
     ParallelBatchProcessor,
     PostProcessorFunc,
+    PriceTable,
     ProcessorConfig,
     ProgressCallbackFunc,
     PydanticAIStrategy,
@@ -138,3 +141,11 @@ async def async_with_returns_from_inside(config: ProcessorConfig) -> int:
     async with ParallelBatchProcessor[str, str, None](config=config) as processor:
         result = await processor.process_all()
         return result.total_items
+
+
+def price_table_is_a_cost_function(usage: TokenUsage) -> None:
+    """`PriceTable.default().cost` fits `GuardrailConfig.cost_function`'s type."""
+    cost_function: Callable[[str, TokenUsage], float] = PriceTable.default().cost
+    assert_type(cost_function("gpt-4o", usage), float)
+    assert_type(PriceTable.default().prices("gpt-4o"), ModelPrice)
+    assert_type(PriceTable.default().with_prices({}), PriceTable)

@@ -36,6 +36,8 @@ from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.core import (
     LLMModel,
     ManagedLLMModel,
+    ModelPrice,
+    PriceTable,
     ProcessorConfig,
     RateLimitConfig,
     RetryConfig,
@@ -135,6 +137,8 @@ __all__ = [
     "QuotaLimits",
     "OpenAIStrategy",
     "AnthropicStrategy",
+    "PriceTable",
+    "ModelPrice",
     "RichProgressObserver",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:

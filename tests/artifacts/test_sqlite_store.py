@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from async_batch_llm._internal.artifacts.records import (
@@ -21,7 +23,7 @@ from async_batch_llm._internal.artifacts.records import (
     decode_output,
     encode_output,
 )
-from async_batch_llm._internal.artifacts.sqlite import SqliteArtifactStore
+from async_batch_llm._internal.artifacts.sqlite import SqliteArtifactStore, _encode_usage
 
 running_as_root = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -419,3 +421,16 @@ def test_lookup_stays_sub_millisecond_at_100k_records(db: Path) -> None:
             assert found.item_id == item_id
         average = (time.perf_counter() - started) / len(probes)
     assert average < 1e-3, f"lookup took {average * 1e6:.0f} µs on average"
+
+
+_USAGE_KEYS = st.sampled_from(
+    ["input_tokens", "output_tokens", "total_tokens", "cached_input_tokens", "reasoning_tokens"]
+)
+_USAGE_VALUES = st.one_of(st.integers(), st.booleans(), st.floats(allow_nan=False))
+
+
+@given(st.dictionaries(_USAGE_KEYS, _USAGE_VALUES))
+def test_usage_is_encoded_exactly_as_json_would(usage: dict[str, object]) -> None:
+    # The direct encoding of plain usage must be byte-for-byte what json writes, and anything
+    # else (other keys, bools, floats) must take json's own path.
+    assert _encode_usage(usage) == json.dumps(usage, separators=(",", ":"))  # type: ignore[arg-type]

@@ -160,14 +160,42 @@ async def test_first_record_after_idle_is_committed_without_waiting_the_interval
     await writer.close()
 
 
-async def test_drain_cuts_the_commit_interval_short(tmp_path: Path) -> None:
-    store = MemoryStore(tmp_path)
+async def test_commits_go_back_to_back_never_spaced_by_the_interval(tmp_path: Path) -> None:
+    # Records that arrived during a commit are committed right after it: waiting out an
+    # interval would only widen the window of paid answers a crash loses.
+    store = MemoryStore(tmp_path, hold_first_write=True)
     callbacks = Callbacks()
     writer = make_writer(store, callbacks, commit_interval=300.0)
-    for n in range(3):
+    writer.submit(record(0), 0)
+    assert await asyncio.to_thread(store.entered.wait, 10)
+    for n in range(1, 10):
+        writer.submit(record(n), n)
+    store.release.set()
+    await callbacks.wait_for("committed", 10)  # times out after 10 s, far below 300 s
+    assert store.groups == [["0"], [str(n) for n in range(1, 10)]]
+    for n in range(10, 13):
         writer.submit(record(n), n)
         await asyncio.wait_for(writer.drain(), timeout=10)
         assert callbacks.payloads("committed") == list(range(n + 1))
+    await writer.close()
+
+
+async def test_a_commit_lag_beyond_twice_the_interval_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore(tmp_path, hold_first_write=True, commit_interval=0.001)
+    callbacks = Callbacks()
+    writer = make_writer(store, callbacks)
+    writer.submit(record(0), 0)
+    assert await asyncio.to_thread(store.entered.wait, 10)
+    await asyncio.sleep(0.01)  # the record has now waited at least 10 x the interval
+    with caplog.at_level("WARNING", logger="async_batch_llm.artifacts"):
+        store.release.set()
+        await writer.drain()
+    assert writer.statistics().max_lag >= 0.01
+    assert any(
+        "waited" in r.getMessage() and "paid again" in r.getMessage() for r in caplog.records
+    )
     await writer.close()
 
 
@@ -323,3 +351,61 @@ async def test_commits_keep_coming_while_the_loop_is_saturated(tmp_path: Path) -
     assert stats.committed == n
     assert callbacks.payloads("committed") == list(range(n))
     assert stats.max_lag < 5 * interval + 0.1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+async def test_built_in_stores_encode_on_the_loop_and_commit_what_was_encoded(
+    tmp_path: Path, kind: str
+) -> None:
+    # The Python work of encoding happens in submit(), on the loop thread; the thread only
+    # writes. A record that cannot be encoded fails its group like any failed write.
+    from async_batch_llm._internal.artifacts.jsonl import JsonlArtifactStore
+
+    store: ArtifactStore = (
+        SqliteArtifactStore(tmp_path / "a.db")
+        if kind == "sqlite"
+        else JsonlArtifactStore(tmp_path / "a.jsonl")
+    )
+    encoded_on: set[int] = set()
+    encode = store._encode_for_write
+
+    def spy(rec: ArtifactRecord) -> object:
+        encoded_on.add(threading.get_ident())
+        return encode(rec)
+
+    store._encode_for_write = spy  # type: ignore[method-assign, assignment]
+    callbacks = Callbacks()
+    writer = make_writer(store, callbacks)
+    for n in range(5):
+        writer.submit(record(n), n)
+    await writer.drain()
+    assert encoded_on == {threading.get_ident()}
+    assert callbacks.payloads("committed") == list(range(5))
+    assert store.lookup("3") == record(3)
+
+    bad = ArtifactRecord("6", "fp", True, "str", "x", None, {"input_tokens": 1.5j})  # type: ignore[dict-item]
+    writer.submit(bad, 6)
+    await writer.drain()
+    assert callbacks.payloads("failed") == [6]
+    assert isinstance(writer.statistics().failed, ArtifactStoreError)
+    assert store.lookup("6") is None
+    await writer.close()
+    store.close()
+
+
+async def test_a_store_that_overrides_write_gets_plain_records(tmp_path: Path) -> None:
+    seen: list[object] = []
+
+    class Audited(SqliteArtifactStore):
+        def write(self, records: Sequence[ArtifactRecord]) -> None:
+            seen.extend(records)
+            super().write(records)
+
+    store = Audited(tmp_path / "a.db")
+    callbacks = Callbacks()
+    writer = make_writer(store, callbacks)
+    writer.submit(record(0), 0)
+    await writer.close()
+    assert seen == [record(0)]
+    assert store.lookup("0") == record(0)
+    store.close()

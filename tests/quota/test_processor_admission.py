@@ -97,6 +97,37 @@ async def test_each_quota_scope_has_its_own_limits(fake_clock: FakeClock) -> Non
     }
 
 
+async def test_a_scope_in_quotas_that_no_item_used_is_warned_about(
+    fake_clock: FakeClock,
+) -> None:
+    a = ScopeA(clock=fake_clock)
+    config = make_config(
+        quotas={
+            "a": QuotaLimits(requests_per_minute=600),
+            "openai:gpt-4o": QuotaLimits(tokens_per_minute=10_000),
+        }
+    )
+    processor = make_processor(fake_clock, config=config)
+    with pytest.warns(UserWarning, match=r"'openai:gpt-4o'.*no item.*scopes used: 'a'"):
+        result = await run_batch(processor, items(a, "a1", "a2"), fake_clock)
+    assert result.succeeded == 2  # a warning, not a failure
+
+
+async def test_no_unused_scope_warning_when_every_declared_scope_was_used(
+    fake_clock: FakeClock,
+) -> None:
+    a, b = ScopeA(clock=fake_clock), ScopeB(clock=fake_clock)
+    config = make_config(
+        quotas={
+            "a": QuotaLimits(requests_per_minute=600),
+            "b": QuotaLimits(requests_per_minute=600),
+        }
+    )
+    processor = make_processor(fake_clock, config=config)
+    result = await run_batch(processor, [*items(a, "a1"), *items(b, "b1")], fake_clock)
+    assert result.succeeded == 2  # filterwarnings=error: any warning would have failed this
+
+
 @pytest.mark.parametrize(
     ("prompt", "message"),
     [

@@ -121,6 +121,10 @@ class GateStatistics:
         total_wait_seconds: time granted reservations spent waiting, summed.
         used_last_minute: units used in the last 60 s by dimension (every dimension, enforced
             or not): estimates at grant time, corrected by reconciliations and cancellations.
+        window_seconds: the span ``used_last_minute`` covers: 60 s, or less early in a run
+            (the time since the gate's buckets were made, plus ``burst_seconds``: a new bucket
+            starts full, as if it had refilled that long). ``used * 60 / window_seconds`` is
+            the per-minute rate to compare with ``limits``.
     """
 
     scope: str
@@ -132,6 +136,13 @@ class GateStatistics:
     reservations: int
     total_wait_seconds: float
     used_last_minute: Mapping[str, float]
+    window_seconds: float = _WINDOW
+
+    def per_minute(self, dimension: str) -> float:
+        """Units of ``dimension`` used per minute over the last ``window_seconds``."""
+        if self.window_seconds <= 0:
+            return 0.0
+        return self.used_last_minute.get(dimension, 0.0) * _WINDOW / self.window_seconds
 
 
 class _Dimension:
@@ -281,12 +292,15 @@ class AdmissionGate:
         self._declared = _normalize_limits(limits)
         # Buckets are made on first use: a LoopClock reads time only inside a running loop.
         self._dimensions: dict[str, _Dimension] | None = None
+        self._created_at = 0.0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._reservations = 0
         self._total_wait = 0.0
         # (time, dimension, amount) of grants and their corrections, for used_last_minute.
         self._history: deque[tuple[float, str, float]] = deque()
+        # Running sums of _history by dimension: statistics() in O(1) per event, not O(history).
+        self._used: dict[str, float] = dict.fromkeys(DIMENSIONS, 0.0)
 
     # -- buckets -----------------------------------------------------------------------------
 
@@ -300,6 +314,7 @@ class AdmissionGate:
     def _dims(self, now: float) -> dict[str, _Dimension]:
         if self._dimensions is None:
             self._dimensions = {}
+            self._created_at = now
             for dimension, limit in self._declared.items():
                 rate, capacity = self._shape(dimension, limit)
                 bucket = TokenBucket(rate, capacity, now=now)
@@ -401,8 +416,10 @@ class AdmissionGate:
             entry.bucket.take(amounts[dimension], now)
         self._reservations += 1
         self._total_wait += now - requested_at
+        history, used = self._history, self._used
         for dimension, amount in amounts.items():
-            self._history.append((now, dimension, amount))
+            history.append((now, dimension, amount))
+            used[dimension] += amount
         self._prune(now)
         return Reservation(
             self, estimate, amounts, frozenset(dims), granted_at=now, waited=now - requested_at
@@ -416,6 +433,7 @@ class AdmissionGate:
             if delta == 0:
                 continue
             self._history.append((now, dimension, delta))
+            self._used[dimension] += delta
             entry = dims.get(dimension)
             if entry is None or dimension not in taken:
                 continue
@@ -427,8 +445,13 @@ class AdmissionGate:
         self._notify()
 
     def _prune(self, now: float) -> None:
-        while self._history and self._history[0][0] <= now - _WINDOW:
-            self._history.popleft()
+        history, used = self._history, self._used
+        while history and history[0][0] <= now - _WINDOW:
+            _, dimension, amount = history.popleft()
+            used[dimension] -= amount
+        if not history:  # no drift survives an idle minute
+            for dimension in used:
+                used[dimension] = 0.0
 
     # -- headers -----------------------------------------------------------------------------
 
@@ -473,13 +496,15 @@ class AdmissionGate:
         return len(self._waiters)
 
     def statistics(self) -> GateStatistics:
-        """A snapshot of limits, levels, waiters, waits and the last minute's usage."""
+        """A snapshot of limits, levels, waiters, waits and the last minute's usage.
+
+        Cheap (independent of the traffic in the last minute): the processor takes one for
+        every finished item's event when observers are attached.
+        """
         now = self._clock.time()
         dims = self._dims(now)
         self._prune(now)
-        used = dict.fromkeys(DIMENSIONS, 0.0)
-        for _, dimension, amount in self._history:
-            used[dimension] += amount
+        used = self._used
         return GateStatistics(
             scope=self.scope,
             limits={dim: entry.limit for dim, entry in dims.items()},
@@ -490,6 +515,7 @@ class AdmissionGate:
             reservations=self._reservations,
             total_wait_seconds=self._total_wait,
             used_last_minute={dim: max(0.0, amount) for dim, amount in used.items()},
+            window_seconds=min(_WINDOW, now - self._created_at + self._burst),
         )
 
     def __repr__(self) -> str:
@@ -587,9 +613,22 @@ class GateRegistry:
             )
         return gate
 
+    def unused_scopes(self) -> list[str]:
+        """The scopes given limits in ``quotas`` that no attempt has used, sorted."""
+        return sorted(scope for scope in self._quotas if scope not in self._gates)
+
     def statistics(self) -> dict[str, GateStatistics]:
         """A snapshot of every gate made so far, by scope."""
         return {scope: gate.statistics() for scope, gate in self._gates.items()}
+
+    def snapshot(self, scope: str) -> GateStatistics | None:
+        """A read-only snapshot of the gate of ``scope``, or ``None`` if it was never made.
+
+        What the gate knows, for observers: the limits in force (declared or learned), the
+        last minute's usage and the time spent waiting. Never makes a gate.
+        """
+        gate = self._gates.get(scope)
+        return None if gate is None else gate.statistics()
 
     def __repr__(self) -> str:
         return f"GateRegistry(scopes={sorted(self._gates)!r})"

@@ -227,6 +227,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             if journal is not None:
                 # What the workers handed over was paid for: commit it even when cancelled.
                 await journal.close()
+        self._after_batch()
         await self._await_progress_started()
         stats = self._stats
         await self._emit(
@@ -244,6 +245,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
     async def _before_batch(self) -> None:
         """Set up per-run state (subclass hook)."""
+
+    def _after_batch(self) -> None:
+        """Check the finished run, before ``BATCH_COMPLETED`` (subclass hook)."""
 
     async def _emit(
         self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None

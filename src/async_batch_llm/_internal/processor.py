@@ -403,6 +403,22 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             else clock.time
         )
 
+    def _after_batch(self) -> None:
+        quota = self._quota
+        if quota is None:
+            return
+        used = sorted(quota.registry.statistics())  # the scopes whose gate an attempt used
+        unused = quota.registry.unused_scopes()
+        if unused and used:
+            warnings.warn(
+                f"ProcessorConfig.quotas sets limits for {', '.join(map(repr, unused))}, but no "
+                f"item of this batch used {'that scope' if len(unused) == 1 else 'those scopes'}"
+                f" (scopes used: {', '.join(map(repr, used))}); a strategy's "
+                "quota_scope must match the key exactly, e.g. 'openai:gpt-4o-mini'",
+                UserWarning,
+                stacklevel=2,
+            )
+
     def _enable_quota(self) -> QuotaRuntime:
         """This run's quota admission, turned on now if it was off (a limit was learned)."""
         quota = self._quota
@@ -662,7 +678,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 if spent:  # the failed attempts still cost tokens (D9)
                     supplied.token_usage = _merged_usage(spent, supplied.token_usage)
                 if not supplied.success:
-                    await self._item_failed(item.item_id, exc)
+                    await self._item_failed(item.item_id, exc, worker_id, item)
                 return supplied
         usage: TokenUsage
         if spent is not None:  # attempts ran: report what they cost, zeros included
@@ -674,7 +690,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             }
         else:  # prepare() failed: no attempt ran
             usage = {}
-        await self._item_failed(item.item_id, exc)
+        await self._item_failed(item.item_id, exc, worker_id, item)
         return WorkItemResult(
             item_id=item.item_id,
             success=False,
@@ -683,10 +699,17 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             token_usage=usage,
         )
 
-    async def _item_failed(self, item_id: str, exc: Exception) -> None:
-        """``ITEM_FAILED`` now, or once the item's record is committed when journaling."""
+    async def _item_failed(
+        self, item_id: str, exc: Exception, worker_id: int | None = None, item: object = None
+    ) -> None:
+        """``ITEM_FAILED`` now, or once the item's record is committed when journaling.
+
+        With ``worker_id`` and ``item``, the payload gains the item's quota keys (if admitted).
+        """
         if self.observers:
-            data = {"item_id": item_id, "error_type": type(exc).__name__}
+            data: dict[str, Any] = {"item_id": item_id, "error_type": type(exc).__name__}
+            if self._quota is not None and worker_id is not None:
+                data.update(self._quota.item_event_fields(worker_id, item))
             if self._journal is not None:
                 self._deferred[item_id] = (ProcessingEvent.ITEM_FAILED, data)
             else:
@@ -738,6 +761,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 admission = await self._admit(quota, work, attempt, state)
             except (TokenEstimatorError, EstimateTooLargeError) as refused:
                 return _Failure(refused, _REFUSED, at_attempt=True)
+            quota.note_admission(worker_id, item, admission)
             sink_token = HEADER_SINK.set(admission.gate.observe_headers)
         else:
             discovery = self._discoveries.get(worker_id)
@@ -804,8 +828,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 "duration": now() - started,
                 "tokens": usage.get("total_tokens", 0),
             }
-            if admission is not None:
-                data["admission_wait"] = admission.waited
+            if quota is not None:
+                data.update(quota.item_event_fields(worker_id, item))
             if self._journal is not None:  # published once committed
                 self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
             else:

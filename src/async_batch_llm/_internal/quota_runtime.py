@@ -15,6 +15,10 @@ Which estimate an attempt reserves, first match wins:
 3. the shared :class:`LearningEstimator`, when a token limit (declared or learned) is in force;
 4. requests only: ``TokenEstimate(0, 0)``.
 
+What observers learn: every ``ITEM_COMPLETED`` / ``ITEM_FAILED`` of an item that went through
+admission carries :meth:`QuotaRuntime.item_event_fields` (the item's admission wait, summed over
+its attempts, and a snapshot of its scope's gate: limits in force, last minute's usage).
+
 When no limit is declared, :class:`HeaderDiscovery` sits in each worker's context instead, so a
 strategy that reports headers still teaches the gates; until it does, the processor keeps its
 zero-configuration fast path.
@@ -27,7 +31,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from async_batch_llm._internal.admission import AdmissionGate, GateRegistry, Reservation
+from async_batch_llm._internal.admission import (
+    AdmissionGate,
+    GateRegistry,
+    GateStatistics,
+    Reservation,
+)
 from async_batch_llm._internal.clock import Clock
 from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
@@ -43,6 +52,7 @@ __all__ = [
     "QuotaRuntime",
     "TokenEstimatorError",
     "admission_declared",
+    "quota_event_fields",
 ]
 
 _NO_TOKENS = TokenEstimate(0, 0)
@@ -109,6 +119,34 @@ class Admission:
         self.reservation.cancel()
 
 
+def quota_event_fields(stats: GateStatistics, admission_wait: float) -> dict[str, Any]:
+    """The event payload keys describing one item's admission and its scope's gate.
+
+    Keys: ``admission_wait`` (seconds), ``quota_scope``, ``quota_limits`` (per-minute limits in
+    force, declared or learned, by dimension), ``quota_used`` (units of each dimension used in
+    the last ``quota_window`` seconds) and ``quota_window`` (seconds, at most 60). Dimensions
+    are ``requests``, ``tokens``, ``input_tokens`` and ``output_tokens``.
+    """
+    return {
+        "admission_wait": admission_wait,
+        "quota_scope": stats.scope,
+        "quota_limits": dict(stats.limits),
+        "quota_used": dict(stats.used_last_minute),
+        "quota_window": stats.window_seconds,
+    }
+
+
+class _ItemWait:
+    """The admission wait of the item a worker is on, summed over its attempts."""
+
+    __slots__ = ("item", "scope", "waited")
+
+    def __init__(self, item: object, scope: str, waited: float) -> None:
+        self.item = item
+        self.scope = scope
+        self.waited = waited
+
+
 class QuotaRuntime:
     """The gates of one processor run, its token estimator and the learning fallback.
 
@@ -121,6 +159,34 @@ class QuotaRuntime:
         self.registry = registry
         self.estimator = estimator
         self.learner = LearningEstimator()
+        self._item_waits: dict[int, _ItemWait] = {}  # by worker id: one item at a time each
+
+    def note_admission(self, worker_id: int, item: object, admission: Admission) -> None:
+        """Add an admitted attempt of ``item`` (run by ``worker_id``) to the item's wait.
+
+        A worker handles one item at a time, so the worker keeps one record, restarted when a
+        different item object comes: nothing accumulates across items, nothing grows.
+        """
+        record = self._item_waits.get(worker_id)
+        if record is None or record.item is not item:
+            self._item_waits[worker_id] = _ItemWait(item, admission.gate.scope, admission.waited)
+        else:
+            record.scope = admission.gate.scope
+            record.waited += admission.waited
+
+    def item_event_fields(self, worker_id: int, item: object) -> dict[str, Any]:
+        """The quota keys of ``item``'s ``ITEM_COMPLETED``/``ITEM_FAILED`` payload.
+
+        Empty if no attempt of ``item`` was admitted (admission refused it, or turned on only
+        after its attempts). See :func:`quota_event_fields` for the keys.
+        """
+        record = self._item_waits.get(worker_id)
+        if record is None or record.item is not item:
+            return {}
+        stats = self.registry.snapshot(record.scope)
+        if stats is None:  # pragma: no cover  # a noted admission's gate always exists
+            return {"admission_wait": record.waited, "quota_scope": record.scope}
+        return quota_event_fields(stats, record.waited)
 
     @classmethod
     def from_config(cls, config: ProcessorConfig, clock: Clock) -> QuotaRuntime:

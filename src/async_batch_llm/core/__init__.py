@@ -1,5 +1,6 @@
-"""Configuration and model protocols."""
+"""Configuration, model protocols and model prices."""
 
+from async_batch_llm._internal.pricing import ModelPrice, PriceTable, UnknownModelPriceError
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig
 from async_batch_llm.core.protocols import (
     AgentLike,
@@ -14,10 +15,13 @@ __all__ = [
     "AgentLike",
     "LLMModel",
     "ManagedLLMModel",
+    "ModelPrice",
+    "PriceTable",
     "ProcessorConfig",
     "RateLimitConfig",
     "ResultLike",
     "RetryConfig",
     "TOutput",
+    "UnknownModelPriceError",
     "UsageLike",
 ]

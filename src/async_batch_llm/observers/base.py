@@ -14,6 +14,9 @@ class ProcessingEvent(Enum):
 
     The payload keys of each event are listed in the processor documentation; for example
     ``ITEM_COMPLETED`` carries ``item_id``, ``duration`` (seconds) and ``tokens`` (an int).
+    While quota admission is on, ``ITEM_COMPLETED`` and ``ITEM_FAILED`` of an admitted item
+    also carry ``admission_wait``, ``quota_scope``, ``quota_limits``, ``quota_used`` and
+    ``quota_window`` (see docs/quota.md).
     """
 
     ITEM_STARTED = "item_started"

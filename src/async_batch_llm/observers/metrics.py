@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from async_batch_llm.observers.base import BaseObserver, ProcessingEvent
@@ -24,6 +26,54 @@ _PROMETHEUS_METRICS: tuple[tuple[str, str, str], ...] = (
     ("total_cooldown_time", "gauge", "Total time spent in rate limit cooldown (seconds)"),
     ("processing_times_count", "gauge", "Number of recorded processing time samples"),
 )
+
+
+_QUOTA_DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+class _ScopeQuota:
+    """What the item events of one quota scope said: admission waits, the gate's last snapshot."""
+
+    __slots__ = ("limits", "used", "wait_count", "wait_total", "window")
+
+    def __init__(self) -> None:
+        self.wait_total = 0.0
+        self.wait_count = 0
+        self.limits: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+        self.window = 0.0
+
+    def record(self, data: Mapping[str, Any]) -> None:
+        wait = data["admission_wait"]
+        if isinstance(wait, int | float) and math.isfinite(wait):
+            self.wait_total += wait
+            self.wait_count += 1
+        limits, used, window = (
+            data.get("quota_limits"),
+            data.get("quota_used"),
+            data.get("quota_window"),
+        )
+        if isinstance(limits, Mapping) and isinstance(used, Mapping):
+            self.limits = {dim: float(limits[dim]) for dim in _QUOTA_DIMENSIONS if dim in limits}
+            self.used = {dim: float(used.get(dim, 0.0)) for dim in _QUOTA_DIMENSIONS}
+            self.window = float(window) if isinstance(window, int | float) else 60.0
+
+    def per_minute(self, dimension: str) -> float:
+        if self.window <= 0:
+            return 0.0
+        return self.used.get(dimension, 0.0) * 60.0 / self.window
+
+    def snapshot(self) -> dict[str, Any]:
+        count = self.wait_count
+        result: dict[str, Any] = {
+            "admission_wait_total": self.wait_total,
+            "admission_wait_count": count,
+            "avg_admission_wait": self.wait_total / count if count else 0,
+        }
+        for dimension in _QUOTA_DIMENSIONS:
+            result[f"{dimension}_per_minute"] = self.per_minute(dimension)
+            result[f"{dimension}_per_minute_limit"] = self.limits.get(dimension)
+        return result
 
 
 def _initial_metrics() -> dict[str, Any]:
@@ -57,6 +107,13 @@ class MetricsObserver(BaseObserver):
     Durations are summed over every sample ever recorded, while only the newest
     ``max_processing_samples`` samples are kept for :meth:`get_metrics`.
 
+    Quota admission: when the processor paces attempts (a request or token limit is declared
+    or learned), each ``ITEM_COMPLETED`` / ``ITEM_FAILED`` carries the item's
+    ``admission_wait`` and a snapshot of its quota scope's gate. The observer then also
+    records, per quota scope, the admission wait (total, count, average) and the requests and
+    tokens per minute used against the limits in force; see :meth:`get_metrics`. Without
+    admission, snapshots and exports are exactly those of 0.6.0.
+
     Attributes:
         metrics: the live counters: ``items_processed``, ``items_succeeded``, ``items_failed``,
             ``rate_limits_hit``, ``total_cooldown_time``, ``processing_times`` (always empty;
@@ -83,6 +140,7 @@ class MetricsObserver(BaseObserver):
         self.max_processing_samples = max_processing_samples
         self.metrics: dict[str, Any] = _initial_metrics()
         self._samples: deque[float] = deque(maxlen=max_processing_samples)
+        self._quota: dict[str, _ScopeQuota] = {}
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -104,6 +162,14 @@ class MetricsObserver(BaseObserver):
         # No lock: the update never awaits, so it cannot interleave with another event's update
         # or with get_metrics() on the event loop. It runs for every event of every item.
         m = self.metrics
+        if "admission_wait" in data and (
+            event is ProcessingEvent.ITEM_COMPLETED or event is ProcessingEvent.ITEM_FAILED
+        ):
+            scope = str(data.get("quota_scope", "default"))
+            quota = self._quota.get(scope)
+            if quota is None:
+                quota = self._quota[scope] = _ScopeQuota()
+            quota.record(data)
         if event is ProcessingEvent.ITEM_COMPLETED:
             m["items_processed"] += 1
             m["items_succeeded"] += 1
@@ -134,12 +200,23 @@ class MetricsObserver(BaseObserver):
             ``processing_times`` (the kept samples, oldest first), ``avg_processing_time``
             (seconds, over every sample ever recorded; the integer ``0`` when there is none) and
             ``success_rate`` (0.0 to 1.0; the integer ``0`` when nothing was processed).
+
+            Once an item event carried quota admission data, four more keys follow:
+            ``admission_wait_total`` (seconds items waited for quota admission, every attempt
+            of every item counted), ``admission_wait_count`` (items counted),
+            ``avg_admission_wait`` (seconds per item; ``0`` when none) and ``quota``: by quota
+            scope, a dict with the same three admission keys and, for each dimension
+            ``requests``, ``tokens``, ``input_tokens`` and ``output_tokens``,
+            ``<dimension>_per_minute`` (used per minute over the last minute, or over the run
+            so far when it is younger: reserved estimates corrected by the usage providers
+            reported) and ``<dimension>_per_minute_limit`` (the limit in force, declared or
+            learned from headers; ``None`` when none is).
         """
         async with self._lock:
             m = self.metrics
             count: int = m["processing_times_count"]
             processed: int = m["items_processed"]
-            return {
+            snapshot: dict[str, Any] = {
                 "items_processed": processed,
                 "items_succeeded": m["items_succeeded"],
                 "items_failed": m["items_failed"],
@@ -152,6 +229,15 @@ class MetricsObserver(BaseObserver):
                 "avg_processing_time": m["processing_times_sum"] / count if count else 0,
                 "success_rate": m["items_succeeded"] / processed if processed else 0,
             }
+            if self._quota:
+                scopes = {scope: quota.snapshot() for scope, quota in self._quota.items()}
+                total = sum(quota.wait_total for quota in self._quota.values())
+                waits = sum(quota.wait_count for quota in self._quota.values())
+                snapshot["admission_wait_total"] = total
+                snapshot["admission_wait_count"] = waits
+                snapshot["avg_admission_wait"] = total / waits if waits else 0
+                snapshot["quota"] = scopes
+            return snapshot
 
     async def export_dict(self) -> dict[str, Any]:
         """Return the same snapshot as :meth:`get_metrics`."""
@@ -169,7 +255,11 @@ class MetricsObserver(BaseObserver):
         Every metric is named ``async_batch_llm_<key>`` and written as a ``# HELP`` line, a
         ``# TYPE`` line, the sample line and an empty line. When failures were counted by type,
         an ``async_batch_llm_errors_total`` counter follows with one ``error_type`` labelled
-        sample per type. The text ends with a single newline.
+        sample per type. With quota admission data (see :meth:`get_metrics`), three families
+        labelled by ``quota_scope`` follow: ``async_batch_llm_admission_wait_seconds`` (a
+        summary: ``_sum`` and ``_count``), then ``async_batch_llm_quota_used_per_minute`` and
+        ``async_batch_llm_quota_limit_per_minute`` (gauges, also labelled by ``dimension``;
+        a limit only where one is in force). The text ends with a single newline.
 
         Returns:
             The exposition text, ready to serve on a ``/metrics`` endpoint.
@@ -193,6 +283,9 @@ class MetricsObserver(BaseObserver):
                 for error_type, count in error_counts.items()
             ]
             lines.append("")
+        quota: dict[str, dict[str, Any]] = snapshot.get("quota", {})
+        if quota:
+            lines += _quota_families(quota)
         return "\n".join(lines)
 
     def reset(self) -> None:
@@ -200,3 +293,42 @@ class MetricsObserver(BaseObserver):
         self.metrics.clear()
         self.metrics.update(_initial_metrics())
         self._samples.clear()
+        self._quota.clear()
+
+
+def _quota_families(quota: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The Prometheus lines of the per-scope quota metrics (see ``export_prometheus``)."""
+    wait = _PROMETHEUS_PREFIX + "admission_wait_seconds"
+    used = _PROMETHEUS_PREFIX + "quota_used_per_minute"
+    limit = _PROMETHEUS_PREFIX + "quota_limit_per_minute"
+    lines = [
+        f"# HELP {wait} Time items waited for quota admission (seconds)",
+        f"# TYPE {wait} summary",
+    ]
+    for scope, figures in quota.items():
+        label = f'quota_scope="{_escape_label_value(scope)}"'
+        lines.append(f"{wait}_sum{{{label}}} {figures['admission_wait_total']}")
+        lines.append(f"{wait}_count{{{label}}} {figures['admission_wait_count']}")
+    lines += [
+        "",
+        f"# HELP {used} Quota units used per minute over the last minute",
+        f"# TYPE {used} gauge",
+    ]
+    for scope, figures in quota.items():
+        label = f'quota_scope="{_escape_label_value(scope)}"'
+        for dimension in _QUOTA_DIMENSIONS:
+            value = figures[f"{dimension}_per_minute"]
+            lines.append(f'{used}{{{label},dimension="{dimension}"}} {value}')
+    lines += [
+        "",
+        f"# HELP {limit} Per-minute quota limit in force (declared or learned)",
+        f"# TYPE {limit} gauge",
+    ]
+    for scope, figures in quota.items():
+        label = f'quota_scope="{_escape_label_value(scope)}"'
+        for dimension in _QUOTA_DIMENSIONS:
+            value = figures[f"{dimension}_per_minute_limit"]
+            if value is not None:
+                lines.append(f'{limit}{{{label},dimension="{dimension}"}} {value}')
+    lines.append("")
+    return lines

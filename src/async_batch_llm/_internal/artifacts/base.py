@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from async_batch_llm._internal.artifacts.records import (
     ArtifactRecord,
@@ -33,7 +33,8 @@ class ArtifactStore(ABC):
             or ``None``.
         version: user version string mixed into every fingerprint; change it to invalidate
             all earlier records without deleting them.
-        commit_interval: seconds the writer waits at most between group commits while busy.
+        commit_interval: the commit lag (seconds from hand-over to commit) the writer should
+            stay within; it commits back to back, and logs a warning past twice this.
     """
 
     path: Path
@@ -89,6 +90,34 @@ class ArtifactStore(ABC):
             ArtifactStoreError: the store is closed or the write failed (the underlying
                 ``OSError`` / ``sqlite3.Error`` is chained).
         """
+
+    def _encode_for_write(self, record: ArtifactRecord) -> object:
+        """What :meth:`_write_encoded` takes for ``record``; called on the event-loop thread.
+
+        The writer encodes each record as it is handed over, so the Python work of encoding
+        runs on the loop, which is running anyway, rather than on the writer thread, which
+        would have to win the GIL back from a busy loop for every step of it (and commit late).
+        Must not raise: a record that cannot be encoded is encoded as a value that makes
+        :meth:`_write_encoded` raise. The default keeps the record as it is.
+        """
+        return record
+
+    def _write_encoded(self, encoded: list[object]) -> None:
+        """:meth:`write` for records encoded by :meth:`_encode_for_write` (writer thread)."""
+        self.write(encoded)  # type: ignore[arg-type]  # the default encoding is the record
+
+    def _writer_pair(
+        self,
+    ) -> tuple[Callable[[ArtifactRecord], object], Callable[[list[Any]], None]]:
+        """The ``(encode, write_encoded)`` pair the writer uses for this store.
+
+        A subclass that overrides :meth:`write` (to add to it, or to replace it) gets its
+        ``write`` called with plain records, as documented, even if a base encodes ahead.
+        """
+        cls = type(self)
+        if _defined_in(cls, "write") is _defined_in(cls, "_write_encoded"):
+            return self._encode_for_write, self._write_encoded
+        return _keep_record, self.write
 
     @abstractmethod
     def iter_latest(self) -> Iterator[ArtifactRecord]:
@@ -172,3 +201,12 @@ class ArtifactStore(ABC):
             f"written={self._records_written} output_type={output_type} "
             f"version={self.version!r}>"
         )
+
+
+def _keep_record(record: ArtifactRecord) -> object:
+    return record
+
+
+def _defined_in(cls: type, name: str) -> type | None:
+    """The class of ``cls``'s MRO whose body defines ``name``."""
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)

@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
 from async_batch_llm._internal.artifacts.records import (
@@ -46,7 +47,8 @@ class JsonlArtifactStore(ArtifactStore):
             exist.
         output_type: pydantic model class of the outputs, needed to store and replay models.
         version: user version string mixed into every fingerprint.
-        commit_interval: seconds the writer waits at most between group commits while busy.
+        commit_interval: the commit lag (seconds from hand-over to commit) the writer should
+            stay within; it commits back to back, and logs a warning past twice this.
         fsync: ``os.fsync`` after every write, so records also survive a power loss.
 
     Raises:
@@ -229,14 +231,25 @@ class JsonlArtifactStore(ArtifactStore):
                 failed (chained); the file is then cut back to where the group began.
         """
         self._check_open()
-        if not records:
-            return
+        self._write_encoded([self._encode_for_write(record) for record in records])
+
+    def _encode_for_write(self, record: ArtifactRecord) -> object:
         try:
-            data = "".join([record_to_json_line(r) + "\n" for r in records]).encode("utf-8")
+            return record, (record_to_json_line(record) + "\n").encode("utf-8")
         except (TypeError, ValueError) as exc:
-            raise ArtifactStoreError(
-                f"artifact store {self.path}: could not encode a record ({exc})"
-            ) from exc
+            return exc
+
+    def _write_encoded(self, encoded: list[object]) -> None:
+        self._check_open()
+        if not encoded:
+            return
+        for entry in encoded:
+            if isinstance(entry, Exception):
+                raise ArtifactStoreError(
+                    f"artifact store {self.path}: could not encode a record ({entry})"
+                ) from entry
+        pairs = cast("list[tuple[ArtifactRecord, bytes]]", encoded)
+        data = b"".join([line for _, line in pairs])
         with self._lock:
             self._check_open()
             start = self._size
@@ -249,13 +262,13 @@ class JsonlArtifactStore(ArtifactStore):
                 except OSError:
                     self._closed = True  # a half-written group would corrupt later appends
                 raise ArtifactStoreError(
-                    f"artifact store {self.path}: could not write {len(records)} record(s) "
+                    f"artifact store {self.path}: could not write {len(pairs)} record(s) "
                     f"({exc}); check the disk, then resume the run"
                 ) from exc
             index = self._index
-            for record in records:
+            for record, _ in pairs:
                 index[record.item_id] = record
-            self._records_written += len(records)
+            self._records_written += len(pairs)
 
     def iter_latest(self) -> Iterator[ArtifactRecord]:
         """Yield the latest record of every item, in the order items first appeared.

@@ -91,9 +91,12 @@ class ResumePolicy(str, Enum):  # noqa: UP042  # the spec fixes a str-mixin Enum
     REUSE_ALL = "reuse_all"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArtifactRecord:
-    """One journaled result of one item.
+    """One journaled result of one item (a value: treat it as read-only).
+
+    Not frozen on purpose: a frozen dataclass sets each field through ``object.__setattr__``,
+    which made building the record the largest cost of journaling a result.
 
     Attributes:
         item_id: the work item's id; a store keeps every record and answers with the latest.

@@ -3,9 +3,14 @@
 Workers hand a record over with :meth:`ArtifactWriter.submit` (a deque append, plus a wake-up only
 when the thread sleeps idle) and take the next item; they never wait for the disk. The thread
 takes everything pending, commits it with one :meth:`ArtifactStore.write`, and schedules the
-``on_committed`` callback on the loop with the payloads of that group, in submit order. While
-records keep coming it commits at most once per ``commit_interval``; after an idle spell the
-first record is committed at once.
+``on_committed`` callback on the loop with the payloads of that group, in submit order.
+
+Commits go back to back: the group of a commit is whatever arrived while the previous one was
+being written, so groups grow with the load by themselves and a record waits for at most about
+one commit's duration. That window is what a crash can still lose of answers already paid for
+(they are called again on resume), so it is kept as short as the disk allows rather than spaced
+out by a timer. ``commit_interval`` is the lag the writer is expected to stay within: a commit
+lag above twice that (the disk or a starved thread cannot keep up) is logged as a warning.
 
 The thread is the only consumer of the queue, so every submitted payload reaches exactly one
 callback, in submit order, even after a failure: once a write fails the writer is dead, and
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -28,6 +34,8 @@ from async_batch_llm._internal.artifacts.base import ArtifactStore
 from async_batch_llm._internal.artifacts.records import ArtifactRecord
 
 __all__ = ["ArtifactWriter", "WriterStatistics"]
+
+logger = logging.getLogger("async_batch_llm.artifacts")
 
 P = TypeVar("P")
 
@@ -65,7 +73,8 @@ class ArtifactWriter(Generic[P]):
             submit order.
         on_failed: called on the loop with the write's exception and payloads, for the group
             whose write failed and for every payload submitted after it.
-        commit_interval: seconds between group commits while busy; ``None`` takes the store's.
+        commit_interval: the commit lag (seconds from a submit to its commit) to stay within;
+            twice that is logged as a warning; ``None`` takes the store's.
 
     Raises:
         ValueError: ``commit_interval`` is not a finite number > 0.
@@ -89,16 +98,17 @@ class ArtifactWriter(Generic[P]):
         ):
             raise ValueError(f"commit_interval must be > 0, got {interval!r}")
         self._store = store
+        self._encode, self._write = store._writer_pair()
         self._loop = loop
         self._on_committed = on_committed
         self._on_failed = on_failed
         self._interval = float(interval)
 
-        # (record, payload, monotonic submit time); appended on the loop, popped on the thread.
-        self._queue: deque[tuple[ArtifactRecord, P, float]] = deque()
+        # (encoded record, payload, monotonic submit time); appended on the loop, popped on the
+        # thread. Records are encoded on the loop (see ArtifactStore._encode_for_write).
+        self._queue: deque[tuple[object, P, float]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._idle = False  # the thread waits on _cond with nothing queued
-        self._hurry = False  # a drain() waits: skip the rest of the commit interval
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -143,7 +153,7 @@ class ArtifactWriter(Generic[P]):
         """
         if self._closed:
             raise RuntimeError("ArtifactWriter is closed; the record was not accepted")
-        self._queue.append((record, payload, time.monotonic()))
+        self._queue.append((self._encode(record), payload, time.monotonic()))
         self._submitted += 1
         if self._idle:
             with self._cond:
@@ -163,9 +173,6 @@ class ArtifactWriter(Generic[P]):
             raise RuntimeError("ArtifactWriter.drain() with records pending: call start() first")
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._drain_waiters.append((target, waiter))
-        with self._cond:
-            self._hurry = True
-            self._cond.notify()
         try:
             await waiter
         finally:
@@ -226,7 +233,7 @@ class ArtifactWriter(Generic[P]):
     def _loop_until_stopped(self) -> None:
         queue = self._queue
         cond = self._cond
-        last_commit = -math.inf
+        warned_at = -math.inf
         while True:
             with cond:
                 while not queue:
@@ -241,17 +248,12 @@ class ArtifactWriter(Generic[P]):
                         break
                     cond.wait()
                     self._idle = False
-                remaining = last_commit + self._interval - time.monotonic()
-                if remaining > 0 and self._failed is None:
-                    cond.wait_for(lambda: self._stopping or self._hurry, timeout=remaining)
-                self._hurry = False
             batch = [queue.popleft() for _ in range(len(queue))]
             if self._failed is not None:
                 self._route_failed(self._failed, batch)
                 continue
-            last_commit = time.monotonic()
             try:
-                self._store.write([record for record, _, _ in batch])
+                self._write([encoded for encoded, _, _ in batch])
             except BaseException as exc:
                 self._failed = exc
                 self._route_failed(exc, batch)
@@ -261,14 +263,21 @@ class ArtifactWriter(Generic[P]):
             self._last_lag = lag
             if lag > self._max_lag:
                 self._max_lag = lag
+            if lag > 2 * self._interval and now - warned_at > 60.0:
+                warned_at = now
+                logger.warning(
+                    "artifact store %r: a record waited %.3f s for its commit (commit_interval "
+                    "%.3f s); answers not committed yet are paid again after a crash",
+                    self._store,
+                    lag,
+                    self._interval,
+                )
             self._committed += len(batch)
             self._commits += 1
             payloads = [payload for _, payload, _ in batch]
             self._call_soon(self._deliver_committed, payloads)
 
-    def _route_failed(
-        self, exc: BaseException, batch: list[tuple[ArtifactRecord, P, float]]
-    ) -> None:
+    def _route_failed(self, exc: BaseException, batch: list[tuple[object, P, float]]) -> None:
         self._routed_failed += len(batch)
         self._call_soon(self._deliver_failed, exc, [payload for _, payload, _ in batch])
 
