@@ -261,3 +261,19 @@ async def test_the_panel_counts_the_cooldown_down_on_the_observer_clock() -> Non
     assert re.search(r"Tokens/min\s+0/5,000", text)
     assert re.search(r"Items\s+0/10\s+\(0%\)", text)
     assert re.search(r"ETA\s+—", text)  # nothing finished yet: no throughput to project
+
+
+def test_limits_reported_by_the_quota_gate_are_shown_for_a_single_scope() -> None:
+    tracker = ProgressTracker(max_tokens_per_minute=9000)
+    gate = {"quota_scope": "openai:m", "quota_limits": {"requests": 500, "tokens": 20000}}
+    feed(
+        tracker,
+        (0.0, E.BATCH_STARTED, {}),
+        (1.0, E.ITEM_COMPLETED, {"item_id": "a", "tokens": 5, **gate}),
+    )
+    snap = tracker.snapshot(1.0)
+    assert snap.max_requests_per_minute == 500  # learned from the gate
+    assert snap.max_tokens_per_minute == 9000  # given: wins over the gate's
+    other = {"quota_scope": "anthropic:m", "quota_limits": {"requests": 50}}
+    feed(tracker, (2.0, E.ITEM_FAILED, {"item_id": "b", **other}))
+    assert tracker.snapshot(2.0).max_requests_per_minute is None  # two scopes: no one figure

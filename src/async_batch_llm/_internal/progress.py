@@ -33,7 +33,9 @@ class ProgressSnapshot:
         requests_per_minute: attempts started in the last minute (scaled while the batch is
             younger than a minute).
         tokens_per_minute: tokens of the items finished in the last minute (same scaling).
-        max_requests_per_minute, max_tokens_per_minute: the limits, when known.
+        max_requests_per_minute, max_tokens_per_minute: the limits, when known: given to the
+            tracker, else those the quota gate reports in item events (declared or learned
+            from rate-limit headers) while the batch uses a single quota scope.
         cooldown_remaining: seconds left in the shared rate-limit cooldown, or ``None``.
         rate_limits: rate-limit answers seen.
         eta: seconds until every item is done at the current throughput, when computable.
@@ -88,6 +90,8 @@ class ProgressTracker:
         self._tokens: deque[tuple[float, int]] = deque()
         self._tokens_in_window = 0
         self._cooldown_until: float | None = None
+        self._scopes: set[str] = set()
+        self._learned: dict[str, float] = {}
 
     def on_event(self, event: ProcessingEvent, data: Mapping[str, Any], now: float) -> None:
         """Fold one event in; ``now`` is the tracker's clock reading (seconds)."""
@@ -105,6 +109,7 @@ class ProgressTracker:
             self._requests.append(now)
         elif event is ProcessingEvent.ITEM_COMPLETED:
             self._finish(data)
+            self._note_limits(data)
             self.succeeded += 1
             tokens = data.get("tokens")
             if isinstance(tokens, int) and tokens > 0:
@@ -112,6 +117,7 @@ class ProgressTracker:
                 self._tokens_in_window += tokens
         elif event is ProcessingEvent.ITEM_FAILED:
             self._finish(data)
+            self._note_limits(data)
             self.failed += 1
         elif event is ProcessingEvent.RATE_LIMIT_HIT:
             self.rate_limits += 1
@@ -133,6 +139,23 @@ class ProgressTracker:
         item_id = str(data.get("item_id"))
         self._in_flight.discard(item_id)
         self._attempted.discard(item_id)
+
+    def _note_limits(self, data: Mapping[str, Any]) -> None:
+        """Keep the limits the quota gate reports (declared or learned from headers)."""
+        limits = data.get("quota_limits")
+        if not isinstance(limits, Mapping):
+            return
+        self._scopes.add(str(data.get("quota_scope")))
+        for dimension in ("requests", "tokens"):
+            value = limits.get(dimension)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._learned[dimension] = float(value)
+
+    def _limit(self, given: float | None, dimension: str) -> float | None:
+        if given is not None:
+            return given
+        # One scope only: the limits of several scopes do not add up to one figure.
+        return self._learned.get(dimension) if len(self._scopes) == 1 else None
 
     def _expire(self, now: float) -> None:
         horizon = now - _WINDOW
@@ -172,8 +195,8 @@ class ProgressTracker:
             items_per_second=rate,
             requests_per_minute=len(self._requests) * scale,
             tokens_per_minute=self._tokens_in_window * scale,
-            max_requests_per_minute=self.max_requests_per_minute,
-            max_tokens_per_minute=self.max_tokens_per_minute,
+            max_requests_per_minute=self._limit(self.max_requests_per_minute, "requests"),
+            max_tokens_per_minute=self._limit(self.max_tokens_per_minute, "tokens"),
             cooldown_remaining=cooldown,
             rate_limits=self.rate_limits,
             eta=eta,

@@ -48,7 +48,9 @@ class RichProgressObserver(BaseObserver):
     Args:
         total: number of items, when the processor cannot know it (a streamed source);
             ``BATCH_STARTED`` gives it otherwise.
-        max_requests_per_minute, max_tokens_per_minute: limits shown next to the rates.
+        max_requests_per_minute, max_tokens_per_minute: limits shown next to the rates;
+            without them, the limits the quota gate reports in item events are shown (a
+            batch with one quota scope).
         mode: ``"live"`` (the panel), ``"lines"`` (plain lines) or ``"auto"`` (the panel when
             ``file`` is a terminal, else lines).
         file: where to write; ``sys.stderr`` by default, so the output of a program stays clean.
