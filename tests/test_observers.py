@@ -60,6 +60,7 @@ def test_module_exports() -> None:
         "MetricsObserver",
         "ProcessingEvent",
         "ProcessorObserver",
+        "RichProgressObserver",
     ]
     assert observers_base.__all__ == ["BaseObserver", "ProcessingEvent", "ProcessorObserver"]
     assert observers_metrics.__all__ == ["MetricsObserver"]

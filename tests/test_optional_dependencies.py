@@ -50,6 +50,8 @@ SDK_ROOTS = [
     "httpx",
     "httpx2",
     "prometheus_client",
+    "click",
+    "rich",
 ]
 
 # Runs in the child. Imports every module of the package, records what got loaded, then tries

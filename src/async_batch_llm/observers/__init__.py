@@ -2,5 +2,12 @@
 
 from async_batch_llm.observers.base import BaseObserver, ProcessingEvent, ProcessorObserver
 from async_batch_llm.observers.metrics import MetricsObserver
+from async_batch_llm.observers.progress import RichProgressObserver
 
-__all__ = ["BaseObserver", "MetricsObserver", "ProcessingEvent", "ProcessorObserver"]
+__all__ = [
+    "BaseObserver",
+    "MetricsObserver",
+    "ProcessingEvent",
+    "ProcessorObserver",
+    "RichProgressObserver",
+]
