@@ -70,6 +70,7 @@ BEYOND_ALL = {
     "ModelPrice": "async_batch_llm.core",
     "GuardrailConfig": "async_batch_llm.core",
     "BatchTermination": "async_batch_llm.base",
+    "RichProgressObserver": "async_batch_llm.observers",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
@@ -187,10 +188,12 @@ MODULE_MAP: dict[str, list[str]] = {
         "ProcessingEvent",
         "MetricsObserver",
         "OpenTelemetryObserver",
+        "RichProgressObserver",
     ],
     "async_batch_llm.observers.base": ["ProcessingEvent", "ProcessorObserver", "BaseObserver"],
     "async_batch_llm.observers.metrics": ["MetricsObserver"],
     "async_batch_llm.observers.otel": ["OpenTelemetryObserver"],
+    "async_batch_llm.observers.progress": ["RichProgressObserver"],
     "async_batch_llm.middleware": ["Middleware", "BaseMiddleware"],
     "async_batch_llm.middleware.base": ["Middleware", "BaseMiddleware"],
     "async_batch_llm.testing": ["MockAgent", "MockResult", "mock_strategy"],

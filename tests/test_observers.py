@@ -61,6 +61,7 @@ def test_module_exports() -> None:
         "OpenTelemetryObserver",
         "ProcessingEvent",
         "ProcessorObserver",
+        "RichProgressObserver",
     ]
     assert observers_base.__all__ == ["BaseObserver", "ProcessingEvent", "ProcessorObserver"]
     assert observers_metrics.__all__ == ["MetricsObserver"]

@@ -51,6 +51,7 @@ from async_batch_llm.observers import (
     MetricsObserver,
     ProcessingEvent,
     ProcessorObserver,
+    RichProgressObserver,
 )
 from async_batch_llm.parallel import ParallelBatchProcessor
 from async_batch_llm.quota import (
@@ -142,6 +143,7 @@ __all__ = [
     "ModelPrice",
     "GuardrailConfig",
     "BatchTermination",
+    "RichProgressObserver",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.

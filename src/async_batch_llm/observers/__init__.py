@@ -3,6 +3,7 @@
 from async_batch_llm.observers.base import BaseObserver, ProcessingEvent, ProcessorObserver
 from async_batch_llm.observers.metrics import MetricsObserver
 from async_batch_llm.observers.otel import OpenTelemetryObserver
+from async_batch_llm.observers.progress import RichProgressObserver
 
 __all__ = [
     "BaseObserver",
@@ -10,4 +11,5 @@ __all__ = [
     "OpenTelemetryObserver",
     "ProcessingEvent",
     "ProcessorObserver",
+    "RichProgressObserver",
 ]
