@@ -135,5 +135,5 @@ def test_a_request_that_fails_gets_an_error_line_and_exit_code_1(
     assert lines["a"]["error"] is None
     failed = lines["3"]
     assert failed["response"] is None
-    assert failed["error"]["code"] == "request_failed"
+    assert failed["error"]["code"] == "bad_request"  # the result's error_category
     assert "This request is not allowed." in failed["error"]["message"]
