@@ -20,10 +20,12 @@ from async_batch_llm import (
     TokenUsage,
     WorkItemResult,
 )
+from async_batch_llm.observers import ExtendedEvent
 from async_batch_llm.testing.clock import FakeClock, wait_all_tasks_blocked
 from tests.conftest import (
     USAGE,
     EventRecorder,
+    FullEventRecorder,
     RateLimitError,
     ScriptedStrategy,
     items,
@@ -33,6 +35,7 @@ from tests.conftest import (
 )
 
 E = ProcessingEvent
+X = ExtendedEvent
 
 
 async def test_event_sequence_and_payloads_of_a_simple_batch() -> None:
@@ -402,8 +405,8 @@ async def test_every_observer_receives_the_same_sequence(fake_clock: FakeClock) 
     )
     await run_batch(processor, items(strategy, "rl", "bad", "ok"), fake_clock)
     assert first.events == second.events
-    # Every kind occurred but BATCH_ABORTED (the batch was not aborted).
-    assert set(first.kinds()) == set(ProcessingEvent) - {ProcessingEvent.BATCH_ABORTED}
+    # Every 0.6.0 kind occurred, and nothing else: these observers did not ask for more.
+    assert set(first.kinds()) == set(ProcessingEvent)
 
 
 async def test_event_payloads_use_plain_types() -> None:
@@ -418,10 +421,23 @@ async def test_event_payloads_use_plain_types() -> None:
 # ------------------------------------------------------------- events added after 0.6.0
 
 
+async def test_events_added_after_0_6_0_reach_only_observers_that_ask(
+    fake_clock: FakeClock,
+) -> None:
+    plain, full = EventRecorder(), FullEventRecorder()
+    strategy = ScriptedStrategy({"a": [ConnectionError("x")]}, clock=fake_clock)
+    processor = make_processor(fake_clock, observers=[plain, full])
+    await run_batch(processor, items(strategy, "a"), fake_clock)
+    assert X.ATTEMPT_FAILED in full.kinds()
+    assert all(isinstance(kind, ProcessingEvent) for kind in plain.kinds())
+    # Apart from the added events, both saw the same sequence.
+    assert [e for e in full.events if isinstance(e[0], ProcessingEvent)] == plain.events
+
+
 async def test_attempt_failed_reports_every_failed_attempt_as_it_ends(
     fake_clock: FakeClock,
 ) -> None:
-    recorder = EventRecorder()
+    recorder = FullEventRecorder()
     failed_usage: TokenUsage = {"input_tokens": 4, "output_tokens": 1, "total_tokens": 5}
     cut = ConnectionError("cut")
     cut.__dict__["_failed_token_usage"] = failed_usage
@@ -429,7 +445,7 @@ async def test_attempt_failed_reports_every_failed_attempt_as_it_ends(
     processor = make_processor(fake_clock, observers=[recorder])
     result = await run_batch(processor, items(strategy, "a"), fake_clock)
     assert result.failed == 1
-    assert recorder.of(E.ATTEMPT_FAILED) == [
+    assert recorder.of(X.ATTEMPT_FAILED) == [
         {
             "item_id": "a",
             "worker_id": 0,
@@ -450,21 +466,21 @@ async def test_attempt_failed_reports_every_failed_attempt_as_it_ends(
     ]
     kinds = recorder.kinds()
     # Each ends its attempt: before the rate limit's cooldown, before the next ITEM_STARTED.
-    first = kinds.index(E.ATTEMPT_FAILED)
+    first = kinds.index(X.ATTEMPT_FAILED)
     assert kinds[first + 1] is E.RATE_LIMIT_HIT
-    assert kinds.count(E.ITEM_STARTED) == kinds.count(E.ATTEMPT_FAILED) == 3
-    assert kinds.index(E.ITEM_FAILED) > len(kinds) - 1 - kinds[::-1].index(E.ATTEMPT_FAILED)
+    assert kinds.count(E.ITEM_STARTED) == kinds.count(X.ATTEMPT_FAILED) == 3
+    assert kinds.index(E.ITEM_FAILED) > len(kinds) - 1 - kinds[::-1].index(X.ATTEMPT_FAILED)
 
 
 async def test_attempt_events_name_the_strategys_model() -> None:
     class Named(ScriptedStrategy):
         model = "m-1"
 
-    recorder = EventRecorder()
+    recorder = FullEventRecorder()
     strategy = Named({"a": [ConnectionError("x")]})
     config = make_config(retry_initial_wait=0.001)
     await run_batch(make_processor(config=config, observers=[recorder]), items(strategy, "a"))
-    assert recorder.of(E.ATTEMPT_FAILED)[0]["model"] == "m-1"
+    assert recorder.of(X.ATTEMPT_FAILED)[0]["model"] == "m-1"
     assert recorder.of(E.ITEM_COMPLETED)[0]["model"] == "m-1"
 
 
@@ -475,16 +491,16 @@ async def test_a_middleware_skip_ends_its_attempt_with_attempt_failed() -> None:
         ) -> LLMWorkItem[str, str, Any] | None:
             return None
 
-    recorder = EventRecorder()
+    recorder = FullEventRecorder()
     processor = make_processor(observers=[recorder], middlewares=[SkipAll()])
     await run_batch(processor, items(ScriptedStrategy(), "a"))
-    (skipped,) = recorder.of(E.ATTEMPT_FAILED)
+    (skipped,) = recorder.of(X.ATTEMPT_FAILED)
     assert skipped["error_type"] == "SkippedByMiddleware"
     assert (skipped["skipped"], skipped["retryable"], skipped["attempt"]) == (True, False, 1)
 
 
 async def test_batch_aborted_is_emitted_when_the_batch_is_cancelled() -> None:
-    recorder = EventRecorder()
+    recorder = FullEventRecorder()
     gate = asyncio.Event()
     strategy = ScriptedStrategy(gate=gate)
     processor = make_processor(observers=[recorder])
@@ -496,12 +512,12 @@ async def test_batch_aborted_is_emitted_when_the_batch_is_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    (aborted,) = recorder.of(E.BATCH_ABORTED)
+    (aborted,) = recorder.of(X.BATCH_ABORTED)
     assert set(aborted) == {"processed", "total", "duration", "error_type"}
     assert (aborted["processed"], aborted["total"]) == (0, 2)
     assert aborted["error_type"] == "CancelledError"
     assert aborted["duration"] >= 0
-    assert recorder.kinds()[-1] is E.BATCH_ABORTED
+    assert recorder.kinds()[-1] is X.BATCH_ABORTED
     assert recorder.of(E.BATCH_COMPLETED) == []
 
 
@@ -511,7 +527,7 @@ async def test_a_strategy_model_property_that_raises_costs_nothing() -> None:
         def model(self) -> str:
             raise RuntimeError("no model")
 
-    recorder = EventRecorder()
+    recorder = FullEventRecorder()
     result = await run_batch(make_processor(observers=[recorder]), items(Broken(), "a"))
     assert result.succeeded == 1
     assert "model" not in recorder.of(E.ITEM_COMPLETED)[0]

@@ -40,7 +40,7 @@ from async_batch_llm._types import (
     TOutput,
     WorkItemResult,
 )
-from async_batch_llm.observers.base import ProcessingEvent
+from async_batch_llm.observers.base import ExtendedEvent, ProcessingEvent
 
 __all__ = [
     "POST_PROCESSOR_EXECUTION_TIMEOUT",
@@ -232,7 +232,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             await self._cancel_progress_tasks()
             stats = self._stats
             await self._emit(
-                ProcessingEvent.BATCH_ABORTED,
+                ExtendedEvent.BATCH_ABORTED,
                 {
                     "processed": stats.processed,
                     "total": stats.total,
@@ -287,7 +287,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         return f"NotStarted: the batch stopped before this item: {halt}"[:500], "cancelled", False
 
     async def _emit(
-        self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None
+        self,
+        event: ProcessingEvent | ExtendedEvent,
+        data: dict[str, Any],
+        deadline: TaskDeadline | None = None,
     ) -> None:
         """Deliver an event to observers (subclass hook; the base has none)."""
 

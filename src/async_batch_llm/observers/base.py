@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["BaseObserver", "ProcessingEvent", "ProcessorObserver"]
+__all__ = ["BaseObserver", "ExtendedEvent", "ProcessingEvent", "ProcessorObserver"]
 
 
 class ProcessingEvent(Enum):
@@ -16,10 +16,35 @@ class ProcessingEvent(Enum):
     ``ITEM_COMPLETED`` carries ``item_id``, ``duration`` (seconds) and ``tokens`` (an int).
     While quota admission is on, ``ITEM_COMPLETED`` and ``ITEM_FAILED`` of an admitted item
     also carry ``admission_wait``, ``quota_scope``, ``quota_limits``, ``quota_used`` and
-    ``quota_window`` (see docs/quota.md).
+    ``quota_window`` (see docs/quota.md). With observers attached, ``ITEM_COMPLETED`` also
+    carries the attempt's ``input_tokens`` and ``output_tokens`` and the strategy's ``model``
+    (when it names one); ``ITEM_COMPLETED`` and ``ITEM_FAILED`` carry the item's ``cost``
+    (dollars, every attempt) when a guardrails ``cost_function`` prices calls.
 
-    The first ten members are those of async-batch-llm 0.6.0, in its order. Two were added after
-    it, so that every attempt and every run has an end an observer can see:
+    The ten members are exactly those of async-batch-llm 0.6.0, in its order. Events added
+    since are :class:`ExtendedEvent` members, sent only to observers that ask for them.
+    """
+
+    ITEM_STARTED = "item_started"
+    ITEM_COMPLETED = "item_completed"
+    ITEM_FAILED = "item_failed"
+    RATE_LIMIT_HIT = "rate_limit_hit"
+    COOLDOWN_STARTED = "cooldown_started"
+    COOLDOWN_ENDED = "cooldown_ended"
+    WORKER_STARTED = "worker_started"
+    WORKER_STOPPED = "worker_stopped"
+    BATCH_STARTED = "batch_started"
+    BATCH_COMPLETED = "batch_completed"
+
+
+class ExtendedEvent(Enum):
+    """Events added after async-batch-llm 0.6.0, so that every attempt and every run has an end
+    an observer can see.
+
+    They go only to observers whose class sets ``extended_events = True`` (as
+    :class:`~async_batch_llm.observers.OpenTelemetryObserver` does), through the same
+    ``on_event``; an observer written for 0.6.0 keeps receiving exactly the ten
+    :class:`ProcessingEvent` events it knew.
 
     - ``ATTEMPT_FAILED``: an attempt ended without a result (its call raised, quota admission
       refused it, or middleware skipped it), emitted right away whether or not the item will be
@@ -33,22 +58,8 @@ class ProcessingEvent(Enum):
     - ``BATCH_ABORTED``: ``process_all()`` (or a stream) is ending by an exception, usually its
       cancellation, instead of returning; ``BATCH_COMPLETED`` does not follow. Payload:
       ``processed``, ``total``, ``duration`` (seconds) and ``error_type``.
-
-    ``ITEM_COMPLETED`` also carries the attempt's ``input_tokens`` and ``output_tokens`` and the
-    strategy's ``model`` (when it names one); ``ITEM_COMPLETED`` and ``ITEM_FAILED`` carry the
-    item's ``cost`` (dollars, every attempt) when a guardrails ``cost_function`` prices calls.
     """
 
-    ITEM_STARTED = "item_started"
-    ITEM_COMPLETED = "item_completed"
-    ITEM_FAILED = "item_failed"
-    RATE_LIMIT_HIT = "rate_limit_hit"
-    COOLDOWN_STARTED = "cooldown_started"
-    COOLDOWN_ENDED = "cooldown_ended"
-    WORKER_STARTED = "worker_started"
-    WORKER_STOPPED = "worker_stopped"
-    BATCH_STARTED = "batch_started"
-    BATCH_COMPLETED = "batch_completed"
     ATTEMPT_FAILED = "attempt_failed"
     BATCH_ABORTED = "batch_aborted"
 
@@ -59,7 +70,14 @@ class ProcessorObserver(ABC):
     The processor awaits :meth:`on_event` inline, in observer list order, with a time limit per
     call; exceptions and timeouts are logged and ignored, so an observer cannot break a batch but
     a slow one slows it down.
+
+    Attributes:
+        extended_events: ``True`` to also receive the :class:`ExtendedEvent` events (added after
+            0.6.0); ``on_event`` then gets ``ProcessingEvent | ExtendedEvent``. Default
+            ``False``: exactly the 0.6.0 events.
     """
+
+    extended_events: ClassVar[bool] = False
 
     @abstractmethod
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:

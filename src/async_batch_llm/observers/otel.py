@@ -11,7 +11,7 @@ import contextvars
 import time
 from typing import TYPE_CHECKING, Any
 
-from async_batch_llm.observers.base import BaseObserver, ProcessingEvent
+from async_batch_llm.observers.base import BaseObserver, ExtendedEvent, ProcessingEvent
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -136,6 +136,8 @@ class OpenTelemetryObserver(BaseObserver):
         ImportError: when ``opentelemetry-api`` is not installed (the ``otel`` extra).
     """
 
+    extended_events = True  # ATTEMPT_FAILED ends a retried attempt's span, BATCH_ABORTED the rest
+
     def __init__(
         self,
         tracer_provider: TracerProvider | None = None,
@@ -188,7 +190,7 @@ class OpenTelemetryObserver(BaseObserver):
         run = _current_run.get()
         return run if run is not None else self._default_run
 
-    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+    async def on_event(self, event: ProcessingEvent | ExtendedEvent, data: dict[str, Any]) -> None:
         """Open, annotate or close spans and record metrics for ``event``.
 
         Args:
@@ -199,7 +201,7 @@ class OpenTelemetryObserver(BaseObserver):
             self._attempt_started(data)
         elif event is ProcessingEvent.ITEM_COMPLETED:
             self._item_completed(data)
-        elif event is ProcessingEvent.ATTEMPT_FAILED:
+        elif event is ExtendedEvent.ATTEMPT_FAILED:
             self._attempt_failed(data)
         elif event is ProcessingEvent.ITEM_FAILED:
             self._item_failed(data)
@@ -214,7 +216,7 @@ class OpenTelemetryObserver(BaseObserver):
             run.token = _current_run.set(run)
         elif event is ProcessingEvent.BATCH_COMPLETED:
             self._end_run(None)
-        elif event is ProcessingEvent.BATCH_ABORTED:
+        elif event is ExtendedEvent.BATCH_ABORTED:
             self._end_run(str(data.get("error_type") or "aborted"))
 
     # ------------------------------------------------------------------------- attempts
