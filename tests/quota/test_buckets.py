@@ -201,6 +201,38 @@ def test_resize_keeps_the_level_below_the_new_capacity_and_keeps_debt() -> None:
     assert bucket.refill(2.0) == -12.0
 
 
+def test_an_admission_leaves_the_reserve_in_the_bucket() -> None:
+    bucket = TokenBucket(rate=100.0, capacity=100.0, now=0.0, reserve=5.0)
+    assert bucket.reserve == 5.0
+    assert bucket.admission_need(30.0) == 35.0
+    bucket.take(70.0, 0.0)
+    assert bucket.time_until_admissible(30.0, 0.0) == pytest.approx(0.05)
+    assert bucket.time_until_admissible(25.0, 0.0) == 0.0
+    # What does not fit with its reserve waits for a full bucket (the oversize rule).
+    assert bucket.admission_need(98.0) == 100.0
+    assert bucket.time_until_admissible(98.0, 0.0) == pytest.approx(0.7)
+    # The reserve never slows the refill.
+    assert bucket.refill(0.5) == 80.0
+
+
+def test_resize_replaces_the_reserve() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=100.0, now=0.0, reserve=5.0)
+    bucket.resize(rate=20.0, capacity=200.0, now=0.0, reserve=10.0)
+    assert bucket.reserve == 10.0
+    bucket.resize(rate=20.0, capacity=200.0, now=0.0)
+    assert bucket.reserve == 0.0
+    assert "reserve" not in repr(bucket)
+
+
+@pytest.mark.parametrize("reserve", [-1.0, 10.0, 11.0, math.nan, math.inf])
+def test_the_reserve_must_be_below_the_capacity(reserve: float) -> None:
+    with pytest.raises(ValueError, match=r"reserve must be >= 0 and < capacity \(10.0\)"):
+        TokenBucket(1.0, 10.0, now=0.0, reserve=reserve)
+    bucket = TokenBucket(1.0, 10.0, now=0.0)
+    with pytest.raises(ValueError, match="reserve must be"):
+        bucket.resize(1.0, 10.0, 0.0, reserve=reserve)
+
+
 @pytest.mark.parametrize(
     ("rate", "capacity"),
     [(0.0, 1.0), (-1.0, 1.0), (math.inf, 1.0), (math.nan, 1.0), (1.0, 0.0), (1.0, math.inf)],

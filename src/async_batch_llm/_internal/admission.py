@@ -8,8 +8,11 @@ the usage the provider reported (refund or debt), or :meth:`Reservation.cancel` 
 never started (full refund).
 
 Pacing, not bursts: a per-minute limit ``L`` refills continuously at ``L / 60`` per second, and
-a bucket holds at most ``burst_seconds`` worth (at least one request). Token buckets pace at
-``(1 - margin)`` of the limit, the margin absorbing estimation error. See
+a bucket holds at most ``burst_seconds`` worth (at least one request). The margin for
+estimation error is a *reserve*: every admission leaves ``margin`` of a token bucket's capacity
+in it, so an estimate that proves short (its call in flight, its debt not yet known) finds the
+provider's bucket still holding that much. Token buckets refill at the full limit: the margin
+costs one reserve's worth of burst, once, never a share of the rate. See
 :meth:`TokenBucket.admission_need` for reservations larger than the burst.
 
 Limits come from the scope's declaration or, for an undeclared dimension, from the provider's
@@ -55,7 +58,7 @@ DEFAULT_BURST_SECONDS = 1.0
 """Seconds of refill a bucket holds when ``quota_burst_seconds`` is not set."""
 
 DEFAULT_MARGIN = 0.05
-"""Fraction of each token limit held back for estimation error."""
+"""Fraction of each token bucket's capacity an admission leaves in it, for estimation error."""
 
 _WINDOW = 60.0
 _TOKEN_DIMENSIONS = ("tokens", "input_tokens", "output_tokens")
@@ -254,8 +257,9 @@ class AdmissionGate:
         clock: the time source; waits sleep on it for exactly the computed time.
         burst_seconds: seconds of refill a bucket holds (finite, > 0); a request bucket holds
             at least one request.
-        margin: fraction of every token limit held back for estimation error (0 <= margin < 1);
-            requests are counted exactly and paced at their full limit.
+        margin: fraction of every token bucket's capacity an admission leaves in it, for
+            estimation error (0 <= margin < 1); requests are counted exactly, without reserve.
+            Every bucket refills at its full limit.
         wall_clock: Unix time, for RFC 3339 reset headers.
 
     Raises:
@@ -290,19 +294,20 @@ class AdmissionGate:
 
     # -- buckets -----------------------------------------------------------------------------
 
-    def _shape(self, dimension: str, limit: float) -> tuple[float, float]:
+    def _shape(self, dimension: str, limit: float) -> tuple[float, float, float]:
+        """Refill rate, capacity and reserve of ``dimension``'s bucket for ``limit``."""
         rate = limit / _WINDOW
         if dimension == "requests":
-            return rate, max(1.0, rate * self._burst)
-        rate *= 1.0 - self._margin
-        return rate, rate * self._burst
+            return rate, max(1.0, rate * self._burst), 0.0
+        capacity = rate * self._burst
+        return rate, capacity, capacity * self._margin
 
     def _dims(self, now: float) -> dict[str, _Dimension]:
         if self._dimensions is None:
             self._dimensions = {}
             for dimension, limit in self._declared.items():
-                rate, capacity = self._shape(dimension, limit)
-                bucket = TokenBucket(rate, capacity, now=now)
+                rate, capacity, reserve = self._shape(dimension, limit)
+                bucket = TokenBucket(rate, capacity, now=now, reserve=reserve)
                 self._dimensions[dimension] = _Dimension(limit, "declared", bucket)
         return self._dimensions
 
@@ -447,14 +452,14 @@ class AdmissionGate:
             entry = dims.get(snapshot.dimension)
             if snapshot.limit is not None and snapshot.limit > 0:
                 if entry is None:
-                    rate, capacity = self._shape(snapshot.dimension, snapshot.limit)
-                    entry = _Dimension(
-                        float(snapshot.limit), "learned", TokenBucket(rate, capacity, now=now)
-                    )
+                    rate, capacity, reserve = self._shape(snapshot.dimension, snapshot.limit)
+                    bucket = TokenBucket(rate, capacity, now=now, reserve=reserve)
+                    entry = _Dimension(float(snapshot.limit), "learned", bucket)
                     dims[snapshot.dimension] = entry
                 elif entry.source == "learned" and entry.limit != snapshot.limit:
                     entry.limit = float(snapshot.limit)
-                    entry.bucket.resize(*self._shape(snapshot.dimension, entry.limit), now)
+                    rate, capacity, reserve = self._shape(snapshot.dimension, entry.limit)
+                    entry.bucket.resize(rate, capacity, now, reserve=reserve)
             if entry is not None and snapshot.remaining is not None:
                 limit = snapshot.limit if snapshot.limit is not None else entry.limit
                 entry.bucket.lower_to(
@@ -523,7 +528,8 @@ class GateRegistry:
         clock: the clock the gates wait on.
         quotas: limits per scope; a listed scope takes its :class:`QuotaLimits` as a whole.
         burst_seconds: seconds of refill each bucket holds (finite, > 0).
-        margin: fraction of token limits held back for estimation error (0 <= margin < 1).
+        margin: fraction of each token bucket's capacity an admission leaves in it
+            (0 <= margin < 1).
         wall_clock: Unix time, for RFC 3339 reset headers.
 
     Raises:
