@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from async_batch_llm._internal.buckets import TokenBucket, snapshot_level
-from async_batch_llm._internal.clock import Clock
+from async_batch_llm._internal.clock import Clock, LoopClock
+from async_batch_llm._internal.deadline import loop_time_function
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
 from async_batch_llm._internal.quota_types import (
     DIMENSIONS,
@@ -124,6 +125,8 @@ class GateStatistics:
         total_wait_seconds: time granted reservations spent waiting, summed.
         used_last_minute: units used in the last 60 s by dimension (every dimension, enforced
             or not): estimates at grant time, corrected by reconciliations and cancellations.
+            Counted per clock second: a second's usage leaves the count once that second
+            began 60 s ago.
     """
 
     scope: str
@@ -146,23 +149,22 @@ class _Dimension:
         self.bucket = bucket
 
 
+def _count(value: object) -> int | None:
+    """``value`` if it is a token count (an ``int`` >= 0, not a ``bool``), else ``None``."""
+    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        return value if value >= 0 else None
+    return None
+
+
 def _usage_amounts(usage: Mapping[str, int] | None) -> dict[str, float]:
     """The token figures a usage report states (``requests`` is never reconciled)."""
     if not usage:
         return {}
-
-    def count(key: str) -> int | None:
-        value = usage.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        return None
-
+    get = usage.get
+    input_tokens = _count(get("input_tokens"))
+    output_tokens = _count(get("output_tokens"))
+    total = _count(get("total_tokens"))
     amounts: dict[str, float] = {}
-    input_tokens, output_tokens, total = (
-        count("input_tokens"),
-        count("output_tokens"),
-        count("total_tokens"),
-    )
     if input_tokens is not None:
         amounts["input_tokens"] = input_tokens
     if output_tokens is not None:
@@ -184,14 +186,13 @@ class Reservation:
         waited: seconds the reservation waited before the grant.
     """
 
-    __slots__ = ("_amounts", "_gate", "_settled", "_taken", "estimate", "granted_at", "waited")
+    __slots__ = ("_amounts", "_gate", "_settled", "_taken", "granted_at", "waited")
 
     def __init__(
         self,
         gate: AdmissionGate,
-        estimate: TokenEstimate,
         amounts: dict[str, float],
-        taken: frozenset[str],
+        taken: tuple[tuple[str, _Dimension], ...],
         granted_at: float,
         waited: float,
     ) -> None:
@@ -199,13 +200,18 @@ class Reservation:
         self._amounts = amounts
         self._taken = taken
         self._settled = False
-        self.estimate = estimate
         self.granted_at = granted_at
         self.waited = waited
 
     @property
     def scope(self) -> str:
         return self._gate.scope
+
+    @property
+    def estimate(self) -> TokenEstimate:
+        """The estimate that was reserved."""
+        amounts = self._amounts
+        return TokenEstimate(int(amounts["input_tokens"]), int(amounts["output_tokens"]))
 
     @property
     def settled(self) -> bool:
@@ -225,8 +231,51 @@ class Reservation:
         if self._settled:
             return
         self._settled = True
-        actual = _usage_amounts(usage)
-        deltas = {dim: value - self._amounts[dim] for dim, value in actual.items()}
+        if not usage:
+            return
+        amounts = self._amounts
+        get = usage.get
+        input_tokens, output_tokens, total = (
+            get("input_tokens"),
+            get("output_tokens"),
+            get("total_tokens"),
+        )
+        if (  # the common shape, checked inline
+            type(input_tokens) is int
+            and type(output_tokens) is int
+            and type(total) is int
+            and input_tokens >= 0
+            and output_tokens >= 0
+            and total >= 0
+        ):
+            gate = self._gate
+            now = gate._time()
+            delta_total = total - amounts["tokens"]
+            delta_input = input_tokens - amounts["input_tokens"]
+            delta_output = output_tokens - amounts["output_tokens"]
+            if now >= gate._second + 1.0:
+                gate._new_second(now)
+            used = gate._used
+            used["tokens"] += delta_total
+            used["input_tokens"] += delta_input
+            used["output_tokens"] += delta_output
+            for dimension, entry in self._taken:
+                if dimension == "tokens":
+                    delta = delta_total
+                elif dimension == "input_tokens":
+                    delta = delta_input
+                elif dimension == "output_tokens":
+                    delta = delta_output
+                else:
+                    continue
+                if delta > 0:
+                    entry.bucket.take(delta, now)
+                elif delta < 0:
+                    entry.bucket.give_back(-delta, now)
+            if gate._wake is not None:
+                gate._notify()
+            return
+        deltas = {dim: value - amounts[dim] for dim, value in _usage_amounts(usage).items()}
         self._gate._adjust(deltas, self._taken)
 
     def cancel(self) -> None:
@@ -285,12 +334,21 @@ class AdmissionGate:
         self._declared = _normalize_limits(limits)
         # Buckets are made on first use: a LoopClock reads time only inside a running loop.
         self._dimensions: dict[str, _Dimension] | None = None
+        self._time: Callable[[], float] = clock.time
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._reservations = 0
         self._total_wait = 0.0
-        # (time, dimension, amount) of grants and their corrections, for used_last_minute.
-        self._history: deque[tuple[float, str, float]] = deque()
+        # The buckets in force as (dimension, entry) pairs, made with the buckets; a new
+        # tuple whenever a bucket is added (a reservation keeps the tuple it took from).
+        self._entries: tuple[tuple[str, _Dimension], ...] = ()
+        self._token_limited = False
+        # For used_last_minute: the units granted so far, corrected by settlements, by
+        # dimension, and for each clock second of the last minute that saw any, those totals
+        # as they stood when it began, oldest first. One entry per second, not per call.
+        self._used = dict.fromkeys(DIMENSIONS, 0.0)
+        self._second = -math.inf
+        self._history: deque[tuple[float, dict[str, float]]] = deque()
 
     # -- buckets -----------------------------------------------------------------------------
 
@@ -304,12 +362,33 @@ class AdmissionGate:
 
     def _dims(self, now: float) -> dict[str, _Dimension]:
         if self._dimensions is None:
+            clock = self._clock
+            # LoopClock.time() is two Python calls deep; read the loop's clock directly (the
+            # buckets, hence this, are made inside the running loop).
+            self._time = (
+                loop_time_function(asyncio.get_running_loop())
+                if type(clock) is LoopClock
+                else clock.time
+            )
             self._dimensions = {}
             for dimension, limit in self._declared.items():
                 rate, capacity, reserve = self._shape(dimension, limit)
                 bucket = TokenBucket(rate, capacity, now=now, reserve=reserve)
                 self._dimensions[dimension] = _Dimension(limit, "declared", bucket)
+            self._buckets_changed()
         return self._dimensions
+
+    def _buckets_changed(self) -> None:
+        dims = self._dimensions or {}
+        self._entries = tuple(dims.items())
+        self._token_limited = any(dimension in dims for dimension in _TOKEN_DIMENSIONS)
+
+    @property
+    def token_limited(self) -> bool:
+        """Whether a token limit (total, input or output; declared or learned) is in force."""
+        if self._dimensions is None:
+            return any(dimension in self._declared for dimension in _TOKEN_DIMENSIONS)
+        return self._token_limited
 
     def limit(self, dimension: str) -> float | None:
         """The per-minute limit in force for ``dimension`` (declared or learned), or ``None``."""
@@ -318,25 +397,28 @@ class AdmissionGate:
         entry = self._dimensions.get(dimension)
         return None if entry is None else entry.limit
 
-    def _amounts(self, estimate: TokenEstimate, dims: Mapping[str, _Dimension]) -> dict[str, float]:
+    def _amounts(self, input_tokens: int, output_tokens: int) -> dict[str, float]:
         amounts = {
             "requests": 1.0,
-            "tokens": float(estimate.total_tokens),
-            "input_tokens": float(estimate.input_tokens),
-            "output_tokens": float(estimate.output_tokens),
+            "tokens": float(input_tokens + output_tokens),
+            "input_tokens": float(input_tokens),
+            "output_tokens": float(output_tokens),
         }
-        for dimension in _TOKEN_DIMENSIONS:
-            entry = dims.get(dimension)
-            if entry is not None and amounts[dimension] > entry.limit:
-                raise EstimateTooLargeError(self.scope, dimension, amounts[dimension], entry.limit)
+        if self._token_limited:
+            for dimension, entry in self._entries:
+                if dimension != "requests" and amounts[dimension] > entry.limit:
+                    raise EstimateTooLargeError(
+                        self.scope, dimension, amounts[dimension], entry.limit
+                    )
         return amounts
 
-    @staticmethod
-    def _delay(amounts: Mapping[str, float], dims: Mapping[str, _Dimension], now: float) -> float:
-        return max(
-            (entry.bucket.time_until_admissible(amounts[dim], now) for dim, entry in dims.items()),
-            default=0.0,
-        )
+    def _delay(self, amounts: Mapping[str, float], now: float) -> float:
+        delay = 0.0
+        for dimension, entry in self._entries:
+            wait = entry.bucket.time_until_admissible(amounts[dimension], now)
+            if wait > delay:
+                delay = wait
+        return delay
 
     # -- reserve -----------------------------------------------------------------------------
 
@@ -353,11 +435,11 @@ class AdmissionGate:
             EstimateTooLargeError: at once (or as soon as a learned limit reveals it while
                 waiting) when an estimated token figure exceeds its whole per-minute limit.
         """
-        requested_at = self._clock.time()
-        dims = self._dims(requested_at)
-        amounts = self._amounts(estimate, dims)
-        if not self._waiters and self._delay(amounts, dims, requested_at) == 0.0:
-            return self._grant(estimate, amounts, dims, requested_at, requested_at)
+        input_tokens, output_tokens = estimate.input_tokens, estimate.output_tokens
+        granted = self.try_reserve_tokens(input_tokens, output_tokens)
+        if granted is not None:
+            return granted
+        requested_at = self._time()
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(ticket)
         try:
@@ -366,9 +448,9 @@ class AdmissionGate:
                     # Resolved by whoever leaves the head of the line before us.
                     await ticket
                     continue
-                now = self._clock.time()
-                amounts = self._amounts(estimate, dims)
-                delay = self._delay(amounts, dims, now)
+                now = self._time()
+                amounts = self._amounts(input_tokens, output_tokens)
+                delay = self._delay(amounts, now)
                 if delay == 0.0:
                     break
                 await self._sleep_or_wake(delay)
@@ -377,7 +459,53 @@ class AdmissionGate:
             self._waiters.remove(ticket)
             if was_head and self._waiters and not self._waiters[0].done():
                 self._waiters[0].set_result(None)
-        return self._grant(estimate, amounts, dims, requested_at, now)
+        return self._grant(amounts, requested_at, now)
+
+    def try_reserve(self, estimate: TokenEstimate) -> Reservation | None:
+        """:meth:`reserve` without waiting: the reservation if it fits now, else ``None``.
+
+        ``None`` also when others are waiting (they come first). Nothing is taken then.
+
+        Raises:
+            EstimateTooLargeError: an estimated token figure exceeds its whole per-minute limit.
+        """
+        return self.try_reserve_tokens(estimate.input_tokens, estimate.output_tokens)
+
+    def try_reserve_tokens(self, input_tokens: int, output_tokens: int) -> Reservation | None:
+        """:meth:`try_reserve` of ``TokenEstimate(input_tokens, output_tokens)``, counts the
+        caller has already validated (ints >= 0)."""
+        # The processor's fast path: _amounts, _grant and _count_usage, inlined.
+        if self._dimensions is None:
+            self._dims(self._clock.time())
+        total = input_tokens + output_tokens
+        amounts = {
+            "requests": 1.0,
+            "tokens": total,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+        }
+        entries = self._entries
+        if self._waiters:
+            self._amounts(input_tokens, output_tokens)  # an estimate too large fails in line too
+            return None
+        now = self._time()
+        for dimension, entry in entries:
+            amount = amounts[dimension]
+            if amount > entry.limit and dimension != "requests":
+                raise EstimateTooLargeError(self.scope, dimension, amount, entry.limit)
+            if not entry.bucket.admits(amount, now):
+                return None  # reserve() then checks the other limits before waiting
+        for dimension, entry in entries:
+            entry.bucket.take(amounts[dimension], now)
+        self._reservations += 1
+        if now >= self._second + 1.0:
+            self._new_second(now)
+        used = self._used
+        used["requests"] += 1.0
+        used["tokens"] += total
+        used["input_tokens"] += input_tokens
+        used["output_tokens"] += output_tokens
+        return Reservation(self, amounts, entries, now, 0.0)
 
     async def _sleep_or_wake(self, delay: float) -> None:
         self._wake = wake = asyncio.get_running_loop().create_future()
@@ -396,44 +524,60 @@ class AdmissionGate:
 
     def _grant(
         self,
-        estimate: TokenEstimate,
         amounts: dict[str, float],
-        dims: Mapping[str, _Dimension],
         requested_at: float,
         now: float,
     ) -> Reservation:
-        for dimension, entry in dims.items():
+        taken = self._entries
+        for dimension, entry in taken:
             entry.bucket.take(amounts[dimension], now)
         self._reservations += 1
-        self._total_wait += now - requested_at
-        for dimension, amount in amounts.items():
-            self._history.append((now, dimension, amount))
-        self._prune(now)
-        return Reservation(
-            self, estimate, amounts, frozenset(dims), granted_at=now, waited=now - requested_at
-        )
+        waited = now - requested_at
+        self._total_wait += waited
+        self._count_usage(now, amounts)
+        return Reservation(self, amounts, taken, now, waited)
 
-    def _adjust(self, deltas: Mapping[str, float], taken: frozenset[str]) -> None:
-        """Apply a reservation's settlement: positive deltas are debt, negative are refunds."""
-        now = self._clock.time()
-        dims = self._dims(now)
-        for dimension, delta in deltas.items():
-            if delta == 0:
-                continue
-            self._history.append((now, dimension, delta))
-            entry = dims.get(dimension)
-            if entry is None or dimension not in taken:
+    def _adjust(
+        self, deltas: Mapping[str, float], taken: tuple[tuple[str, _Dimension], ...]
+    ) -> None:
+        """Apply a reservation's settlement: positive deltas are debt, negative are refunds.
+
+        Only the buckets in ``taken`` (those the reservation took from) are adjusted.
+        """
+        now = self._time()
+        self._count_usage(now, deltas)
+        for dimension, entry in taken:
+            delta = deltas.get(dimension)
+            if not delta:
                 continue
             if delta > 0:
                 entry.bucket.take(delta, now)
             else:
                 entry.bucket.give_back(-delta, now)
-        self._prune(now)
-        self._notify()
+        if self._wake is not None:
+            self._notify()
+
+    def _count_usage(self, now: float, amounts: Mapping[str, float]) -> None:
+        """Add ``amounts`` to the units used (for ``used_last_minute``)."""
+        if now >= self._second + 1.0:
+            self._new_second(now)
+        used = self._used
+        for dimension, amount in amounts.items():
+            used[dimension] += amount
+
+    def _new_second(self, now: float) -> None:
+        """``now`` is in a clock second later than the last usage's: note the totals so far."""
+        second = math.floor(now)
+        if second != self._second:
+            self._second = second
+            self._history.append((second, self._used.copy()))
+            self._prune(now)
 
     def _prune(self, now: float) -> None:
-        while self._history and self._history[0][0] <= now - _WINDOW:
-            self._history.popleft()
+        """Forget the seconds that began a minute or more ago."""
+        history = self._history
+        while history and history[0][0] <= now - _WINDOW:
+            history.popleft()
 
     # -- headers -----------------------------------------------------------------------------
 
@@ -456,6 +600,7 @@ class AdmissionGate:
                     bucket = TokenBucket(rate, capacity, now=now, reserve=reserve)
                     entry = _Dimension(float(snapshot.limit), "learned", bucket)
                     dims[snapshot.dimension] = entry
+                    self._buckets_changed()
                 elif entry.source == "learned" and entry.limit != snapshot.limit:
                     entry.limit = float(snapshot.limit)
                     rate, capacity, reserve = self._shape(snapshot.dimension, entry.limit)
@@ -482,9 +627,8 @@ class AdmissionGate:
         now = self._clock.time()
         dims = self._dims(now)
         self._prune(now)
-        used = dict.fromkeys(DIMENSIONS, 0.0)
-        for _, dimension, amount in self._history:
-            used[dimension] += amount
+        before = self._history[0][1] if self._history else self._used
+        used = {dimension: self._used[dimension] - before[dimension] for dimension in DIMENSIONS}
         return GateStatistics(
             scope=self.scope,
             limits={dim: entry.limit for dim, entry in dims.items()},

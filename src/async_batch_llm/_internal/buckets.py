@@ -131,6 +131,22 @@ class TokenBucket:
         """
         return min(amount + self._reserve, self._capacity)
 
+    def admits(self, amount: float, now: float) -> bool:
+        """Whether a reservation of ``amount`` may be taken at ``now`` (oversize rule applied).
+
+        The same answer as ``time_until_admissible(amount, now) == 0.0``, in one step.
+        """
+        if now > self._updated:
+            level = self._level + (now - self._updated) * self._rate
+            self._level = level = level if level < self._capacity else self._capacity
+            self._updated = now
+        else:
+            level = self._level
+        need = amount + self._reserve
+        if need > self._capacity:
+            need = self._capacity
+        return need - level <= self._rate * TIME_TOLERANCE
+
     def time_until_admissible(self, amount: float, now: float) -> float:
         """Seconds until a reservation of ``amount`` may be taken (oversize rule applied)."""
         return self.time_until(self.admission_need(amount), now)

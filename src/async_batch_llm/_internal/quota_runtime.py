@@ -31,7 +31,11 @@ from async_batch_llm._internal.admission import AdmissionGate, GateRegistry, Res
 from async_batch_llm._internal.clock import Clock
 from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
-from async_batch_llm._internal.quota_types import TokenEstimate, TokenEstimator
+from async_batch_llm._internal.quota_types import (
+    EstimateTooLargeError,
+    TokenEstimate,
+    TokenEstimator,
+)
 
 if TYPE_CHECKING:
     from async_batch_llm._types import RetryState
@@ -46,7 +50,8 @@ __all__ = [
 ]
 
 _NO_TOKENS = TokenEstimate(0, 0)
-_TOKEN_DIMENSIONS = ("tokens", "input_tokens", "output_tokens")
+_OWN_ESTIMATE: dict[type, bool] = {}
+"""Whether a strategy class defines ``estimate_tokens`` (asked once per class)."""
 
 
 class TokenEstimatorError(Exception):
@@ -145,6 +150,35 @@ class QuotaRuntime:
             )
         return estimate
 
+    def admit_now(self, prompt: Any, strategy: object) -> Admission | None:
+        """:meth:`admit` when it can be done without waiting, else ``None`` (nothing taken).
+
+        The processor's fast path: ``None`` when a token estimator is configured or the
+        strategy has its own ``estimate_tokens`` (either may be a coroutine), when the
+        reservation has to wait, and when it would fail; :meth:`admit` then does it all.
+        """
+        if self.estimator is not None:
+            return None
+        cls = type(strategy)
+        own = _OWN_ESTIMATE.get(cls)
+        if own is None:
+            own = _OWN_ESTIMATE[cls] = callable(getattr(cls, "estimate_tokens", None))
+        if own or "estimate_tokens" in getattr(strategy, "__dict__", ()):
+            return None
+        gate = self.registry.gate(scope_of(strategy))
+        chars = len(prompt) if type(prompt) is str else prompt_characters(prompt)
+        if gate.token_limited:
+            input_tokens, output_tokens = self.learner.estimate_counts(gate.scope, chars)
+        else:
+            input_tokens = output_tokens = 0
+        try:
+            reservation = gate.try_reserve_tokens(input_tokens, output_tokens)
+        except EstimateTooLargeError:
+            return None
+        if reservation is None:
+            return None
+        return Admission(gate, reservation, self.learner, chars)
+
     async def admit(
         self, prompt: Any, strategy: object, attempt: int, state: RetryState | None
     ) -> Admission:
@@ -175,8 +209,8 @@ class QuotaRuntime:
         else:
             learner = self.learner
             chars = prompt_characters(prompt)
-            if any(gate.limit(dimension) is not None for dimension in _TOKEN_DIMENSIONS):
-                estimate = learner.estimate(gate.scope, prompt)
+            if gate.token_limited:
+                estimate = learner.estimate_characters(gate.scope, chars)
             else:
                 estimate = _NO_TOKENS
         reservation = await gate.reserve(estimate)
@@ -184,23 +218,30 @@ class QuotaRuntime:
 
 
 class HeaderDiscovery:
-    """A worker's header sink while no limit is declared: the first limit turns admission on.
+    """A worker's header sink: to the admitted attempt's gate, else it discovers limits.
 
-    The worker sets :attr:`strategy` before each call. Headers that carry a rate limit make the
-    processor's :class:`QuotaRuntime` (through ``enable``) and go to the gate of the strategy's
-    scope; from then on every attempt goes through admission.
+    During an attempt the worker admitted itself, :attr:`gate` is that attempt's gate and the
+    headers go there (cheaper than setting the context's sink for every attempt). Otherwise,
+    while no limit is known, the worker sets :attr:`strategy` before each call: headers that
+    carry a rate limit make the processor's :class:`QuotaRuntime` (through ``enable``) and go to
+    the gate of the strategy's scope; from then on every attempt goes through admission.
 
     Args:
         enable: returns the processor's runtime, making it on first use.
     """
 
-    __slots__ = ("_enable", "strategy")
+    __slots__ = ("_enable", "gate", "strategy")
 
     def __init__(self, enable: Callable[[], QuotaRuntime]) -> None:
         self._enable = enable
         self.strategy: object = None
+        self.gate: AdmissionGate | None = None
 
     def __call__(self, headers: Mapping[str, str]) -> None:
+        gate = self.gate
+        if gate is not None:
+            gate.observe_headers(headers)
+            return
         snapshots = parse_rate_limit_headers(headers, now=time.time())
         if not any(snapshot.limit is not None for snapshot in snapshots):
             return  # nothing to learn a limit from: stay on the fast path
