@@ -422,7 +422,9 @@ class AdmissionGate:
 
     # -- reserve -----------------------------------------------------------------------------
 
-    async def reserve(self, estimate: TokenEstimate) -> Reservation:
+    async def reserve(
+        self, estimate: TokenEstimate, kind: type[Reservation] = Reservation
+    ) -> Reservation:
         """Wait for one request plus ``estimate``'s tokens in every bucket in force, take them.
 
         Callers are served strictly in arrival order: a caller never overtakes an earlier one,
@@ -436,7 +438,7 @@ class AdmissionGate:
                 waiting) when an estimated token figure exceeds its whole per-minute limit.
         """
         input_tokens, output_tokens = estimate.input_tokens, estimate.output_tokens
-        granted = self.try_reserve_tokens(input_tokens, output_tokens)
+        granted = self.try_reserve_tokens(input_tokens, output_tokens, kind)
         if granted is not None:
             return granted
         requested_at = self._time()
@@ -459,7 +461,7 @@ class AdmissionGate:
             self._waiters.remove(ticket)
             if was_head and self._waiters and not self._waiters[0].done():
                 self._waiters[0].set_result(None)
-        return self._grant(amounts, requested_at, now)
+        return self._grant(amounts, requested_at, now, kind)
 
     def try_reserve(self, estimate: TokenEstimate) -> Reservation | None:
         """:meth:`reserve` without waiting: the reservation if it fits now, else ``None``.
@@ -471,9 +473,12 @@ class AdmissionGate:
         """
         return self.try_reserve_tokens(estimate.input_tokens, estimate.output_tokens)
 
-    def try_reserve_tokens(self, input_tokens: int, output_tokens: int) -> Reservation | None:
+    def try_reserve_tokens(
+        self, input_tokens: int, output_tokens: int, kind: type[Reservation] = Reservation
+    ) -> Reservation | None:
         """:meth:`try_reserve` of ``TokenEstimate(input_tokens, output_tokens)``, counts the
-        caller has already validated (ints >= 0)."""
+        caller has already validated (ints >= 0). ``kind``: the class of the reservation made
+        (a subclass of :class:`Reservation` taking the same arguments)."""
         # The processor's fast path: _amounts, _grant and _count_usage, inlined.
         if self._dimensions is None:
             self._dims(self._clock.time())
@@ -505,7 +510,7 @@ class AdmissionGate:
         used["tokens"] += total
         used["input_tokens"] += input_tokens
         used["output_tokens"] += output_tokens
-        return Reservation(self, amounts, entries, now, 0.0)
+        return kind(self, amounts, entries, now, 0.0)
 
     async def _sleep_or_wake(self, delay: float) -> None:
         self._wake = wake = asyncio.get_running_loop().create_future()
@@ -527,6 +532,7 @@ class AdmissionGate:
         amounts: dict[str, float],
         requested_at: float,
         now: float,
+        kind: type[Reservation],
     ) -> Reservation:
         taken = self._entries
         for dimension, entry in taken:
@@ -535,7 +541,7 @@ class AdmissionGate:
         waited = now - requested_at
         self._total_wait += waited
         self._count_usage(now, amounts)
-        return Reservation(self, amounts, taken, now, waited)
+        return kind(self, amounts, taken, now, waited)
 
     def _adjust(
         self, deltas: Mapping[str, float], taken: tuple[tuple[str, _Dimension], ...]
@@ -699,7 +705,8 @@ class GateRegistry:
         self._burst = burst_seconds
         self._margin = margin
         self._wall_clock = wall_clock
-        self._gates: dict[str, AdmissionGate] = {}
+        self.gates: dict[str, AdmissionGate] = {}
+        """The gates made so far, by scope (read-only for callers: :meth:`gate` makes them)."""
 
     @classmethod
     def from_config(cls, config: ProcessorConfig, clock: Clock) -> GateRegistry:
@@ -725,9 +732,9 @@ class GateRegistry:
 
     def gate(self, scope: str) -> AdmissionGate:
         """The gate of ``scope``, made on first request."""
-        gate = self._gates.get(scope)
+        gate = self.gates.get(scope)
         if gate is None:
-            gate = self._gates[scope] = AdmissionGate(
+            gate = self.gates[scope] = AdmissionGate(
                 scope,
                 self.limits_for(scope),
                 self._clock,
@@ -739,7 +746,7 @@ class GateRegistry:
 
     def statistics(self) -> dict[str, GateStatistics]:
         """A snapshot of every gate made so far, by scope."""
-        return {scope: gate.statistics() for scope, gate in self._gates.items()}
+        return {scope: gate.statistics() for scope, gate in self.gates.items()}
 
     def __repr__(self) -> str:
-        return f"GateRegistry(scopes={sorted(self._gates)!r})"
+        return f"GateRegistry(scopes={sorted(self.gates)!r})"

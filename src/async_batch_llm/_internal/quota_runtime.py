@@ -25,11 +25,16 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from async_batch_llm._internal.admission import AdmissionGate, GateRegistry, Reservation
 from async_batch_llm._internal.clock import Clock
-from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
+from async_batch_llm._internal.estimators import (
+    DEFAULT_SCOPE,
+    LearningEstimator,
+    prompt_characters,
+    scope_of,
+)
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
 from async_batch_llm._internal.quota_types import (
     EstimateTooLargeError,
@@ -79,39 +84,37 @@ def _describe(estimator: object) -> str:
     return f"{type(estimator).__qualname__} object"
 
 
-class Admission:
-    """One attempt's admitted reservation, with what the learning estimator needs afterwards.
+class Admission(Reservation):
+    """One attempt's reservation, with what the learning estimator needs afterwards.
+
+    Made by the gate (``kind=Admission``); the runtime then sets the learner and the prompt's
+    characters.
 
     Attributes:
-        gate: the gate of the attempt's quota scope (its ``observe_headers`` is the header sink).
-        reservation: the reservation to settle.
         waited: seconds the attempt waited for admission.
     """
 
-    __slots__ = ("_learn_chars", "_learner", "gate", "reservation", "waited")
+    __slots__ = ("_learn_chars", "_learner")
 
-    def __init__(
-        self,
-        gate: AdmissionGate,
-        reservation: Reservation,
-        learner: LearningEstimator | None,
-        learn_chars: int,
-    ) -> None:
-        self.gate = gate
-        self.reservation = reservation
-        self.waited = reservation.waited
-        self._learner = learner
-        self._learn_chars = learn_chars
+    _learner: LearningEstimator | None
+    _learn_chars: int
+
+    @property
+    def gate(self) -> AdmissionGate:
+        """The gate of the attempt's quota scope (its ``observe_headers`` is the header sink)."""
+        return self._gate
+
+    @property
+    def reservation(self) -> Reservation:
+        """The reservation to settle: the admission itself."""
+        return self
 
     def settle(self, usage: Mapping[str, Any] | None) -> None:
         """The call ran: reconcile with ``usage`` (``None`` keeps the estimate), learn from it."""
-        self.reservation.reconcile(usage)
-        if usage and self._learner is not None:
-            self._learner.observe(self.gate.scope, self._learn_chars, usage)
-
-    def cancel(self) -> None:
-        """The call never started: give the whole reservation back."""
-        self.reservation.cancel()
+        self.reconcile(usage)
+        learner = self._learner
+        if usage and learner is not None:
+            learner.observe(self._gate.scope, self._learn_chars, usage)
 
 
 class QuotaRuntime:
@@ -165,19 +168,25 @@ class QuotaRuntime:
             own = _OWN_ESTIMATE[cls] = callable(getattr(cls, "estimate_tokens", None))
         if own or "estimate_tokens" in getattr(strategy, "__dict__", ()):
             return None
-        gate = self.registry.gate(scope_of(strategy))
+        scope = getattr(strategy, "quota_scope", DEFAULT_SCOPE)
+        if type(scope) is not str or not scope:
+            scope = scope_of(strategy)
+        registry = self.registry
+        gate = registry.gates.get(scope) or registry.gate(scope)
         chars = len(prompt) if type(prompt) is str else prompt_characters(prompt)
+        learner = self.learner
         if gate.token_limited:
-            input_tokens, output_tokens = self.learner.estimate_counts(gate.scope, chars)
+            input_tokens, output_tokens = learner.estimate_counts(scope, chars)
         else:
             input_tokens = output_tokens = 0
         try:
-            reservation = gate.try_reserve_tokens(input_tokens, output_tokens)
+            admission: Any = gate.try_reserve_tokens(input_tokens, output_tokens, Admission)
         except EstimateTooLargeError:
             return None
-        if reservation is None:
-            return None
-        return Admission(gate, reservation, self.learner, chars)
+        if admission is not None:
+            admission._learner = learner
+            admission._learn_chars = chars
+        return cast("Admission | None", admission)
 
     async def admit(
         self, prompt: Any, strategy: object, attempt: int, state: RetryState | None
@@ -213,8 +222,10 @@ class QuotaRuntime:
                 estimate = learner.estimate_characters(gate.scope, chars)
             else:
                 estimate = _NO_TOKENS
-        reservation = await gate.reserve(estimate)
-        return Admission(gate, reservation, learner, chars)
+        admission = cast(Admission, await gate.reserve(estimate, Admission))
+        admission._learner = learner
+        admission._learn_chars = chars
+        return admission
 
 
 class HeaderDiscovery:
