@@ -173,6 +173,52 @@ async def test_a_short_estimate_in_flight_is_covered_by_the_reserve() -> None:
     assert took == pytest.approx((300 * 140 - 1_000) / 1_000 + 0.05, abs=0.1)
 
 
+async def test_try_reserve_takes_what_fits_now_and_never_jumps_the_line() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)  # 1,000 tokens, 1,000/s
+    first = gate.try_reserve(TokenEstimate(600))
+    assert first is not None
+    assert first.estimate == TokenEstimate(600)
+    assert first.waited == 0.0
+    assert gate.try_reserve(TokenEstimate(500)) is None  # 400 left: nothing is taken
+    assert level(gate) == pytest.approx(400.0)
+    recorder = Recorder(gate, clock)
+    recorder.start("waiting", 500)
+    await wait_all_tasks_blocked()
+    assert gate.waiting == 1
+    # 10 tokens would fit, but the waiting caller comes first.
+    assert gate.try_reserve(TokenEstimate(10)) is None
+    with pytest.raises(EstimateTooLargeError):
+        gate.try_reserve(TokenEstimate(70_000))  # above the whole limit: fails even in line
+    await clock.advance(0.1)
+    assert recorder.granted == {"waiting": pytest.approx(0.1)}
+    await clock.advance(0.25)
+    assert gate.try_reserve(TokenEstimate(10)) is not None
+    assert gate.statistics().reservations == 3
+
+
+async def test_used_last_minute_is_counted_per_clock_second() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    await clock.advance(0.5)
+    (await gate.reserve(TokenEstimate(100))).reconcile(None)
+    await clock.advance(59.25)  # t = 59.75
+    (await gate.reserve(TokenEstimate(50))).reconcile({"input_tokens": 40, "output_tokens": 0})
+    assert gate.statistics().used_last_minute["tokens"] == 140.0
+    # The first grant's second (0 to 1) began a minute ago at t = 60: it leaves the count
+    # then, half a second before a minute has passed since the grant itself.
+    await clock.advance(0.25)
+    stats = gate.statistics()
+    assert stats.used_last_minute == {
+        "requests": 1.0,
+        "tokens": 40.0,
+        "input_tokens": 40.0,
+        "output_tokens": 0.0,
+    }
+    await clock.advance(60.0)
+    assert gate.statistics().used_last_minute["tokens"] == 0.0
+
+
 async def test_one_reservation_above_the_burst_waits_for_a_full_bucket_then_owes_the_rest() -> None:
     clock = FakeClock()
     gate = make_gate(clock)  # capacity 1,000 tokens

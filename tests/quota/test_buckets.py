@@ -275,3 +275,36 @@ def test_snapshot_level_is_a_debt_when_the_provider_refills_slowly() -> None:
     level = snapshot_level(0, 360.0, 60_000, 1000.0)
     assert level == pytest.approx(-300_000.0)
     assert level + 1000.0 * 360.0 == pytest.approx(60_000.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.floats(min_value=1.0, max_value=1e6),
+    rate=st.floats(min_value=0.1, max_value=1e6),
+    level_share=st.floats(min_value=-2.0, max_value=1.0),
+    reserve_share=st.floats(min_value=0.0, max_value=0.5),
+    amount_share=st.floats(min_value=0.0, max_value=3.0),
+    elapsed=st.floats(min_value=0.0, max_value=10.0),
+)
+def test_admits_agrees_with_time_until_admissible(
+    capacity: float,
+    rate: float,
+    level_share: float,
+    reserve_share: float,
+    amount_share: float,
+    elapsed: float,
+) -> None:
+    def bucket() -> TokenBucket:
+        return TokenBucket(
+            rate,
+            capacity,
+            now=0.0,
+            level=capacity * level_share,
+            reserve=capacity * reserve_share,
+        )
+
+    amount = capacity * amount_share
+    expected = bucket().time_until_admissible(amount, elapsed) == 0.0
+    checked = bucket()
+    assert checked.admits(amount, elapsed) is expected
+    assert checked.level == pytest.approx(bucket().refill(elapsed))

@@ -323,3 +323,59 @@ async def test_no_admission_without_limits(fake_clock: FakeClock) -> None:
     await run_batch(processor, items(strategy, "a"), fake_clock)
     assert processor._quota is None
     assert "admission_wait" not in recorder.of(ProcessingEvent.ITEM_COMPLETED)[0]
+
+
+class ReportsRemaining(ScriptedStrategy):
+    """Reports that the provider has no tokens left (as a shared quota would) on item "a"."""
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[str, TokenUsage]:
+        if prompt.startswith("a"):
+            report_rate_limit_headers(
+                {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1s"}
+            )
+        return await super().execute(prompt, attempt, timeout, state)
+
+
+async def test_an_attempt_admitted_at_once_sends_its_headers_to_its_gate(
+    fake_clock: FakeClock,
+) -> None:
+    # No estimator: the learning estimator. "w" prepares the strategy (the general path) and
+    # teaches the learner 1 character per token and no output; "a" is then admitted at once on
+    # the worker's fast path (400 tokens, leaving 200) and its headers say 0 tokens remain:
+    # "b" waits for 400 + the 50-token reserve, 0.45 s. Without the correction the gate would
+    # still hold 200 tokens and "b" would wait 0.25 s.
+    strategy = ReportsRemaining(clock=fake_clock, usage=usage_of(400))
+    recorder = EventRecorder()
+    config = make_config(max_workers=1, max_tokens_per_minute=TPM)
+    processor = make_processor(fake_clock, config=config, observers=[recorder])
+    work = items(strategy, "w" * 400, "a" * 400, "b" * 400)
+    result = await run_batch(processor, work, fake_clock)
+    assert result.succeeded == 3
+    assert call_times(strategy) == pytest.approx([0.0, 0.0, 0.45])
+    waits = [data["admission_wait"] for data in recorder.of(ProcessingEvent.ITEM_COMPLETED)]
+    assert waits == pytest.approx([0.0, 0.0, 0.45])
+    assert processor._quota is not None
+    stats = processor._quota.registry.statistics()["default"]
+    assert stats.reservations == 3
+    assert stats.used_last_minute["tokens"] == 1_200.0  # each reconciled to its usage
+
+
+async def test_an_attempt_admitted_at_once_and_failing_is_settled_before_its_retry(
+    fake_clock: FakeClock,
+) -> None:
+    # "w" prepares the strategy; "a" is admitted at once on the worker's fast path and fails
+    # with a retryable error reporting 30 tokens used: that reservation is reconciled to the
+    # 30 before the retry (which uses 100), not left at its estimate.
+    dropped = ConnectionError("reset by peer")
+    dropped._failed_token_usage = usage_of(30)  # type: ignore[attr-defined]
+    strategy = ScriptedStrategy({"a" * 400: [dropped]}, clock=fake_clock, usage=usage_of(100))
+    config = make_config(max_workers=1, max_tokens_per_minute=TPM, retry_max_attempts=2)
+    processor = make_processor(fake_clock, config=config)
+    result = await run_batch(processor, items(strategy, "w" * 400, "a" * 400), fake_clock)
+    assert result.succeeded == 2
+    assert processor._quota is not None
+    stats = processor._quota.registry.statistics()["default"]
+    assert stats.reservations == 3
+    assert stats.used_last_minute["tokens"] == 230.0  # "w" 100, "a" 30 then 100
