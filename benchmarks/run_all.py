@@ -589,7 +589,7 @@ def quota_targets(
                 f"<= {QUOTA_OVERHEAD_RATIO}x baseline",
                 overhead["ratio"] <= QUOTA_OVERHEAD_RATIO
                 and overhead["succeeded"] == overhead["items"],
-                f"{overhead['ratio']:.2f}x (CPU {overhead['cpu_ratio']:.2f}x), "
+                f"{overhead['ratio']:.3f}x (CPU {overhead['cpu_ratio']:.3f}x), "
                 f"{overhead['us_per_item']:.2f} µs/item",
             )
         )

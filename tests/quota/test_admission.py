@@ -474,6 +474,24 @@ async def test_an_estimate_above_a_whole_minute_fails_at_once(
     assert gate.statistics().reservations == 0
 
 
+async def test_an_estimate_too_large_fails_at_once_even_behind_an_empty_bucket() -> None:
+    # The request bucket (checked first) is empty and a caller waits: the estimate above the
+    # whole token limit still fails at once, neither waiting for the request nor in line.
+    clock = FakeClock()
+    gate = make_gate(clock, QuotaLimits(requests_per_minute=60, tokens_per_minute=1_000))
+    await gate.reserve(TokenEstimate(1))
+    with pytest.raises(EstimateTooLargeError):
+        await gate.reserve(TokenEstimate(5_000))
+    assert gate.waiting == 0
+    queued = asyncio.create_task(gate.reserve(TokenEstimate(1)))
+    await wait_all_tasks_blocked()
+    with pytest.raises(EstimateTooLargeError):
+        await gate.reserve(TokenEstimate(5_000))
+    assert gate.waiting == 1  # only the queued caller
+    await clock.advance(1.0)
+    assert (await queued).granted_at == pytest.approx(1.0)
+
+
 async def test_an_estimate_of_exactly_one_minute_is_admitted() -> None:
     clock = FakeClock()
     gate = make_gate(clock)

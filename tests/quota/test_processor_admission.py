@@ -379,3 +379,29 @@ async def test_an_attempt_admitted_at_once_and_failing_is_settled_before_its_ret
     stats = processor._quota.registry.statistics()["default"]
     assert stats.reservations == 3
     assert stats.used_last_minute["tokens"] == 230.0  # "w" 100, "a" 30 then 100
+
+
+async def test_admit_now_takes_only_estimates_it_can_make_and_reservations_that_fit(
+    fake_clock: FakeClock,
+) -> None:
+    from async_batch_llm._internal.admission import GateRegistry
+    from async_batch_llm._internal.quota_runtime import QuotaRuntime
+
+    class Own(ScriptedStrategy):
+        def estimate_tokens(self, prompt: str) -> TokenEstimate:
+            return TokenEstimate(1)
+
+    runtime = QuotaRuntime(GateRegistry({"tokens": TPM}, fake_clock), None)
+    plain = ScriptedStrategy(clock=fake_clock)
+    # The learning estimator's first guess: 400 characters / 4, plus 256 output tokens.
+    admission = runtime.admit_now("p" * 400, plain)
+    assert admission is not None
+    assert admission.estimate == TokenEstimate(100, 256)
+    assert admission.gate is runtime.registry.gate("default")
+    # The strategy's own estimate_tokens may be a coroutine: left to admit().
+    assert runtime.admit_now("p", Own(clock=fake_clock)) is None
+    # 644 tokens left, 594 usable: 2,400 characters (600 + 256) must wait; nothing is taken.
+    assert runtime.admit_now("p" * 2_400, plain) is None
+    assert runtime.registry.gate("default").statistics().levels["tokens"] == 644.0
+    with_estimator = QuotaRuntime(GateRegistry({"tokens": TPM}, fake_clock), fixed(10))
+    assert with_estimator.admit_now("p", plain) is None

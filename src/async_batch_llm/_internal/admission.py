@@ -441,6 +441,7 @@ class AdmissionGate:
         granted = self.try_reserve_tokens(input_tokens, output_tokens, kind)
         if granted is not None:
             return granted
+        self._amounts(input_tokens, output_tokens)  # too large for a limit: fail before waiting
         requested_at = self._time()
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(ticket)

@@ -29,12 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from async_batch_llm._internal.admission import AdmissionGate, GateRegistry, Reservation
 from async_batch_llm._internal.clock import Clock
-from async_batch_llm._internal.estimators import (
-    DEFAULT_SCOPE,
-    LearningEstimator,
-    prompt_characters,
-    scope_of,
-)
+from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
 from async_batch_llm._internal.quota_types import (
     EstimateTooLargeError,
@@ -55,8 +50,6 @@ __all__ = [
 ]
 
 _NO_TOKENS = TokenEstimate(0, 0)
-_OWN_ESTIMATE: dict[type, bool] = {}
-"""Whether a strategy class defines ``estimate_tokens`` (asked once per class)."""
 
 
 class TokenEstimatorError(Exception):
@@ -129,6 +122,8 @@ class QuotaRuntime:
         self.registry = registry
         self.estimator = estimator
         self.learner = LearningEstimator()
+        # admit_now()'s decision per strategy object: (the strategy, its gate or None).
+        self._fast: dict[int, tuple[object, AdmissionGate | None]] = {}
 
     @classmethod
     def from_config(cls, config: ProcessorConfig, clock: Clock) -> QuotaRuntime:
@@ -159,24 +154,17 @@ class QuotaRuntime:
         The processor's fast path: ``None`` when a token estimator is configured or the
         strategy has its own ``estimate_tokens`` (either may be a coroutine), when the
         reservation has to wait, and when it would fail; :meth:`admit` then does it all.
+        Whether a strategy object qualifies, and its quota scope, are decided on its first
+        attempt of the run.
         """
-        if self.estimator is not None:
+        known = self._fast.get(id(strategy))
+        gate = known[1] if known is not None and known[0] is strategy else self._fast_gate(strategy)
+        if gate is None:
             return None
-        cls = type(strategy)
-        own = _OWN_ESTIMATE.get(cls)
-        if own is None:
-            own = _OWN_ESTIMATE[cls] = callable(getattr(cls, "estimate_tokens", None))
-        if own or "estimate_tokens" in getattr(strategy, "__dict__", ()):
-            return None
-        scope = getattr(strategy, "quota_scope", DEFAULT_SCOPE)
-        if type(scope) is not str or not scope:
-            scope = scope_of(strategy)
-        registry = self.registry
-        gate = registry.gates.get(scope) or registry.gate(scope)
         chars = len(prompt) if type(prompt) is str else prompt_characters(prompt)
         learner = self.learner
         if gate.token_limited:
-            input_tokens, output_tokens = learner.estimate_counts(scope, chars)
+            input_tokens, output_tokens = learner.estimate_counts(gate.scope, chars)
         else:
             input_tokens = output_tokens = 0
         try:
@@ -187,6 +175,15 @@ class QuotaRuntime:
             admission._learner = learner
             admission._learn_chars = chars
         return cast("Admission | None", admission)
+
+    def _fast_gate(self, strategy: object) -> AdmissionGate | None:
+        """The gate :meth:`admit_now` uses for ``strategy`` (``None``: never the fast path)."""
+        own = self.estimator is not None or callable(getattr(strategy, "estimate_tokens", None))
+        gate = None if own else self.registry.gate(scope_of(strategy))
+        # The strategy itself is kept (a run's strategies outlive it anyway), so its id()
+        # cannot be reused by another object while the entry exists.
+        self._fast[id(strategy)] = (strategy, gate)
+        return gate
 
     async def admit(
         self, prompt: Any, strategy: object, attempt: int, state: RetryState | None
