@@ -110,6 +110,7 @@ DEFAULT_REPEATS = {
     "stream-1m": 3,
     "resume-stream": 3,
     "resume-batch": 3,
+    "quota-overhead": 9,
     "quota-tpm": 1,
 }
 QUICK_ITEMS = {

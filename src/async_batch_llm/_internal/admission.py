@@ -180,13 +180,14 @@ class Reservation:
     """One admitted attempt's hold on its gate, settled exactly once.
 
     Attributes:
+        gate: the gate the reservation was taken from.
         scope: the gate's quota scope.
         estimate: the estimate that was reserved.
         granted_at: the clock time of the grant.
         waited: seconds the reservation waited before the grant.
     """
 
-    __slots__ = ("_amounts", "_gate", "_settled", "_taken", "granted_at", "waited")
+    __slots__ = ("_amounts", "_settled", "_taken", "gate", "granted_at", "waited")
 
     def __init__(
         self,
@@ -196,7 +197,7 @@ class Reservation:
         granted_at: float,
         waited: float,
     ) -> None:
-        self._gate = gate
+        self.gate = gate
         self._amounts = amounts
         self._taken = taken
         self._settled = False
@@ -205,7 +206,7 @@ class Reservation:
 
     @property
     def scope(self) -> str:
-        return self._gate.scope
+        return self.gate.scope
 
     @property
     def estimate(self) -> TokenEstimate:
@@ -248,7 +249,7 @@ class Reservation:
             and output_tokens >= 0
             and total >= 0
         ):
-            gate = self._gate
+            gate = self.gate
             now = gate._time()
             delta_total = total - amounts["tokens"]
             delta_input = input_tokens - amounts["input_tokens"]
@@ -276,7 +277,7 @@ class Reservation:
                 gate._notify()
             return
         deltas = {dim: value - amounts[dim] for dim, value in _usage_amounts(usage).items()}
-        self._gate._adjust(deltas, self._taken)
+        self.gate._adjust(deltas, self._taken)
 
     def cancel(self) -> None:
         """Give everything back (the request included): the call never started.
@@ -286,7 +287,7 @@ class Reservation:
         if self._settled:
             return
         self._settled = True
-        self._gate._adjust({dim: -amount for dim, amount in self._amounts.items()}, self._taken)
+        self.gate._adjust({dim: -amount for dim, amount in self._amounts.items()}, self._taken)
 
     def __repr__(self) -> str:
         state = "settled" if self._settled else "open"
@@ -342,7 +343,8 @@ class AdmissionGate:
         # The buckets in force as (dimension, entry) pairs, made with the buckets; a new
         # tuple whenever a bucket is added (a reservation keeps the tuple it took from).
         self._entries: tuple[tuple[str, _Dimension], ...] = ()
-        self._token_limited = False
+        self.token_limited = any(dimension in self._declared for dimension in _TOKEN_DIMENSIONS)
+        """Whether a token limit (total, input or output; declared or learned) is in force."""
         # For used_last_minute: the units granted so far, corrected by settlements, by
         # dimension, and for each clock second of the last minute that saw any, those totals
         # as they stood when it began, oldest first. One entry per second, not per call.
@@ -381,14 +383,7 @@ class AdmissionGate:
     def _buckets_changed(self) -> None:
         dims = self._dimensions or {}
         self._entries = tuple(dims.items())
-        self._token_limited = any(dimension in dims for dimension in _TOKEN_DIMENSIONS)
-
-    @property
-    def token_limited(self) -> bool:
-        """Whether a token limit (total, input or output; declared or learned) is in force."""
-        if self._dimensions is None:
-            return any(dimension in self._declared for dimension in _TOKEN_DIMENSIONS)
-        return self._token_limited
+        self.token_limited = any(dimension in dims for dimension in _TOKEN_DIMENSIONS)
 
     def limit(self, dimension: str) -> float | None:
         """The per-minute limit in force for ``dimension`` (declared or learned), or ``None``."""
@@ -404,7 +399,7 @@ class AdmissionGate:
             "input_tokens": float(input_tokens),
             "output_tokens": float(output_tokens),
         }
-        if self._token_limited:
+        if self.token_limited:
             for dimension, entry in self._entries:
                 if dimension != "requests" and amounts[dimension] > entry.limit:
                     raise EstimateTooLargeError(

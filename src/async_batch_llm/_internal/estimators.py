@@ -248,8 +248,12 @@ class LearningEstimator:
                 self._initial_cpt, 1.0, self._initial_cpt, self._initial_output
             )
         smoothing = self._smoothing
-        input_tokens = usage.get("input_tokens")
-        if _is_count(input_tokens) and input_tokens > 0 and prompt_chars > 0:
+        input_tokens: Any = usage.get("input_tokens")
+        if (
+            (type(input_tokens) is int or _is_count(input_tokens))
+            and input_tokens > 0
+            and prompt_chars > 0
+        ):
             model.input_observations = observations = model.input_observations + 1
             weight = 1.0 / observations
             if weight < smoothing:
@@ -261,8 +265,8 @@ class LearningEstimator:
                 input_tokens - model.input_tokens
             )
             model.cpt = characters / tokens
-        output_tokens = usage.get("output_tokens")
-        if _is_count(output_tokens):
+        output_tokens: Any = usage.get("output_tokens")
+        if output_tokens >= 0 if type(output_tokens) is int else _is_count(output_tokens):
             model.output_observations = observations = model.output_observations + 1
             weight = 1.0 / observations
             if weight < smoothing:

@@ -93,11 +93,6 @@ class Admission(Reservation):
     _learn_chars: int
 
     @property
-    def gate(self) -> AdmissionGate:
-        """The gate of the attempt's quota scope (its ``observe_headers`` is the header sink)."""
-        return self._gate
-
-    @property
     def reservation(self) -> Reservation:
         """The reservation to settle: the admission itself."""
         return self
@@ -107,7 +102,7 @@ class Admission(Reservation):
         self.reconcile(usage)
         learner = self._learner
         if usage and learner is not None:
-            learner.observe(self._gate.scope, self._learn_chars, usage)
+            learner.observe(self.gate.scope, self._learn_chars, usage)
 
 
 class QuotaRuntime:
