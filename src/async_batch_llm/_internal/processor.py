@@ -373,11 +373,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         observing = bool(self.observers)
         if observing:
             await self._emit(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})
-        discovery: HeaderDiscovery | None = None
-        if self._quota is None:
-            # The worker task has its own context copy: this sink is the worker's alone.
-            discovery = self._discoveries[worker_id] = HeaderDiscovery(self._enable_quota)
-            HEADER_SINK.set(discovery)
+        # The worker task has its own context copy: this sink is the worker's alone.
+        discovery = self._discoveries[worker_id] = HeaderDiscovery(self._enable_quota)
+        HEADER_SINK.set(discovery)
         queue = self._queue
         cooldown = self._cooldown
         post = self.post_processor
@@ -426,24 +424,43 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                         await cooldown.wait_resumed()
                 strategy = item.strategy
                 ref = prepared.get(id(strategy))
-                if ref is None or ref() is not strategy or slow or self._quota is not None:
+                quota = self._quota
+                admission: Admission | None = None
+                if (
+                    ref is None
+                    or ref() is not strategy
+                    or slow
+                    or (
+                        quota is not None
+                        and (admission := quota.admit_now(item.prompt, strategy)) is None
+                    )
+                ):
                     result = await self._process_item(item, worker_id)
                 else:
-                    # The common case, awaited right here: the strategy is prepared and only
-                    # observers may run around the call (no middleware, quota admission or dry
-                    # run), so attempt 1 is _attempt() without its coroutine (keep the two in
-                    # step). A failure continues in _process_item() as attempt 1's.
-                    if discovery is not None:
+                    # The common case, awaited right here: the strategy is prepared, quota
+                    # admission (if on) granted at once, and only observers may run around the
+                    # call (no middleware or dry run), so attempt 1 is _attempt() without its
+                    # coroutine (keep the two in step). A failure continues in _process_item()
+                    # as attempt 1's.
+                    if admission is None:
                         discovery.strategy = strategy
+                    else:
+                        assert quota is not None
+                        quota.note_admission(worker_id, item, admission)
                     observers = self.observers
                     if observers:
-                        await dispatch(
-                            observers,
-                            ProcessingEvent.ITEM_STARTED,
-                            {"item_id": item.item_id, "worker_id": worker_id},
-                            OBSERVER_CALLBACK_TIMEOUT,
-                            deadline,
-                        )
+                        try:
+                            await dispatch(
+                                observers,
+                                ProcessingEvent.ITEM_STARTED,
+                                {"item_id": item.item_id, "worker_id": worker_id},
+                                OBSERVER_CALLBACK_TIMEOUT,
+                                deadline,
+                            )
+                        except BaseException:
+                            if admission is not None:  # the call never started
+                                admission.cancel()
+                            raise
                     started = now() if observers else 0.0
                     state = RetryState()
                     timeout = config.timeout_per_item
@@ -452,6 +469,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     if takes_state is None or "execute" in getattr(strategy, "__dict__", ()):
                         takes_state = method_accepts_state(strategy, "execute", execute)
                     error: Exception | None = None
+                    if admission is not None:
+                        discovery.gate = admission.gate  # its headers go to its gate
                     deadline.start(timeout)
                     try:
                         if takes_state is True:
@@ -491,7 +510,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                                 )
                             except TypeError as shape_error:
                                 error = shape_error
+                    finally:
+                        discovery.gate = None
                     if error is None:
+                        if admission is not None:
+                            admission.settle(usage)
                         result = WorkItemResult(
                             item.item_id, True, output, None, item.context, usage
                         )
@@ -506,6 +529,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                             model = strategy_model(strategy)
                             if model is not None:
                                 data["model"] = model
+                            if quota is not None:
+                                data.update(quota.item_event_fields(worker_id, item))
                             if journal is not None:  # published once committed
                                 deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
                             else:
@@ -519,6 +544,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                         if cooldown.consecutive:
                             cooldown.reset_consecutive()
                     else:
+                        if admission is not None:
+                            admission.settle(usage_from_exception(error))
                         result = await self._process_item(item, worker_id, (state, error))
             except asyncio.CancelledError:
                 why = slot.interrupt
@@ -556,7 +583,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             del self._deadlines[worker_id]
         if guard.slots.get(worker_id) is slot:
             del guard.slots[worker_id]
-        if discovery is not None and self._discoveries.get(worker_id) is discovery:
+        if self._discoveries.get(worker_id) is discovery:
             del self._discoveries[worker_id]
         if observing:
             await self._emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
