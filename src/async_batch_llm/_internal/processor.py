@@ -667,7 +667,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             return made
         result: WorkItemResult[TOutput, TContext] = self._guard.interrupted_result(item, slot, why)
         assert result.error is not None
-        await self._item_failed(item.item_id, result.error.split(":", 1)[0])
+        await self._item_failed(
+            item.item_id, result.error.split(":", 1)[0], None, item, result.cost
+        )
         return result
 
     def _deadline_for(self, worker_id: int) -> TaskDeadline:
@@ -821,16 +823,24 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         )
 
     async def _item_failed(
-        self, item_id: str, error_type: str, worker_id: int | None = None, item: object = None
+        self,
+        item_id: str,
+        error_type: str,
+        worker_id: int | None = None,
+        item: object = None,
+        cost: float | None = None,
     ) -> None:
         """``ITEM_FAILED`` now, or once the item's record is committed when journaling.
 
-        With ``worker_id`` and ``item``, the payload gains the item's quota keys (if admitted).
+        With ``worker_id`` and ``item``, the payload gains the item's quota keys (if admitted);
+        when calls are priced, its ``cost`` (given, or the worker's) and ``model``.
         """
         if self.observers:
             data: dict[str, Any] = {"item_id": item_id, "error_type": error_type}
             if self._quota is not None and worker_id is not None:
                 data.update(self._quota.item_event_fields(worker_id, item))
+            if self._guard.priced and (item is not None or cost is not None):
+                data.update(self._guard.cost_fields(item, worker_id, cost))
             if self._journal is not None:
                 self._deferred[item_id] = (ProcessingEvent.ITEM_FAILED, data)
             else:
@@ -985,6 +995,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             }
             if quota is not None:
                 data.update(quota.item_event_fields(worker_id, item))
+            if self._guard.priced:
+                data.update(self._guard.cost_fields(item, worker_id))
             if self._journal is not None:  # published once committed
                 self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
             else:

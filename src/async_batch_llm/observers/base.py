@@ -16,7 +16,9 @@ class ProcessingEvent(Enum):
     ``ITEM_COMPLETED`` carries ``item_id``, ``duration`` (seconds) and ``tokens`` (an int).
     While quota admission is on, ``ITEM_COMPLETED`` and ``ITEM_FAILED`` of an admitted item
     also carry ``admission_wait``, ``quota_scope``, ``quota_limits``, ``quota_used`` and
-    ``quota_window`` (see docs/quota.md).
+    ``quota_window`` (see docs/quota.md). When a ``cost_function`` prices calls
+    (``GuardrailConfig``), they also carry ``cost`` (dollars of the item's attempts in this
+    run) and ``model`` (the model name the calls were priced under).
     """
 
     ITEM_STARTED = "item_started"
