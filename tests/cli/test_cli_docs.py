@@ -106,9 +106,9 @@ def test_every_session_of_the_cli_page_prints_what_it_shows(tmp_path: Path) -> N
         json.loads(line)
         for line in (tmp_path / "many-results.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    answered = sum(line["error"] is None for line in budget)
+    paid = sum(line["error"] is None for line in budget)
     assert len(budget) == 200
-    assert 0 < answered < 200
-    assert calls == 3 + answered + 1
+    assert 0 < paid < 200
+    assert calls == 3 + paid + 1
     answered = (tmp_path / "bad-results.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["custom_id"] for line in answered] == ["a"]
