@@ -161,7 +161,7 @@ async def test_a_priced_batch_reports_each_items_cost_in_its_event_and_the_total
     assert set(ends) == {"a", "flaky", "bad"}
     for item_id, data in ends.items():
         assert data["cost"] == pytest.approx(by_id[item_id].cost)
-        assert data["model"] == "scripted-model"
+    assert [d["model"] for d in recorder.of(E.ITEM_COMPLETED)] == ["scripted-model"] * 2
     # Failures report no usage here, so only successful attempts cost (15 tokens each).
     assert by_id["a"].cost == pytest.approx(0.015)
     assert by_id["flaky"].cost == pytest.approx(0.015)
@@ -169,6 +169,7 @@ async def test_a_priced_batch_reports_each_items_cost_in_its_event_and_the_total
     snapshot = await metrics.get_metrics()
     assert batch.total_cost is not None
     assert snapshot["total_cost"] == pytest.approx(batch.total_cost)
+    # ITEM_COMPLETED names the model; "bad" failed at no cost, so the model's share is the total.
     assert snapshot["cost_by_model"] == {"scripted-model": pytest.approx(batch.total_cost)}
 
 
@@ -189,9 +190,11 @@ async def test_a_budget_stop_reports_the_cost_of_every_item_event() -> None:
 
 async def test_an_unpriced_batch_events_carry_no_cost() -> None:
     strategy = ScriptedStrategy({"b": [ValueError("no")] * 3})
-    recorder = EventRecorder()
-    processor = make_processor(config=make_config(retry_max_attempts=1), observers=[recorder])
+    recorder, metrics = EventRecorder(), MetricsObserver()
+    config = make_config(retry_max_attempts=1)
+    processor = make_processor(config=config, observers=[recorder, metrics])
     await run_batch(processor, items(strategy, "a", "b"))
     ends = recorder.of(E.ITEM_COMPLETED) + recorder.of(E.ITEM_FAILED)
     assert len(ends) == 2
-    assert all("cost" not in data and "model" not in data for data in ends)
+    assert all("cost" not in data for data in ends)
+    assert "total_cost" not in await metrics.get_metrics()

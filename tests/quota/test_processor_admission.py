@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from async_batch_llm import ProcessingEvent, RetryState, TokenUsage
+from async_batch_llm.observers import ExtendedEvent
 from async_batch_llm.quota import QuotaLimits, TokenEstimate, report_rate_limit_headers
 from async_batch_llm.testing.clock import FakeClock
 from tests.conftest import (
     EventRecorder,
+    FullEventRecorder,
     RateLimitError,
     ScriptedStrategy,
     add_all,
@@ -351,3 +353,18 @@ async def test_no_admission_without_limits(fake_clock: FakeClock) -> None:
     await run_batch(processor, items(strategy, "a"), fake_clock)
     assert processor._quota is None
     assert "admission_wait" not in recorder.of(ProcessingEvent.ITEM_COMPLETED)[0]
+
+
+async def test_a_refused_attempt_ends_with_attempt_failed(fake_clock: FakeClock) -> None:
+    def broken(prompt: Any, *, strategy: object, attempt: int, state: RetryState | None) -> Any:
+        raise RuntimeError("no estimate")
+
+    recorder = FullEventRecorder()
+    config = make_config(max_tokens_per_minute=TPM, token_estimator=broken)
+    processor = make_processor(fake_clock, config=config, observers=[recorder])
+    await run_batch(processor, items(ScriptedStrategy(clock=fake_clock), "a"), fake_clock)
+    (refused,) = recorder.of(ExtendedEvent.ATTEMPT_FAILED)
+    assert refused["error_type"] == "TokenEstimatorError"
+    assert (refused["attempt"], refused["retryable"], refused["skipped"]) == (1, False, False)
+    kinds = recorder.kinds()
+    assert kinds.index(ExtendedEvent.ATTEMPT_FAILED) < kinds.index(ProcessingEvent.ITEM_FAILED)

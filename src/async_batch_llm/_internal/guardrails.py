@@ -624,19 +624,6 @@ class Guard:
             slot.cost += cost
         return None
 
-    def cost_fields(
-        self, item: Any, worker_id: int | None, cost: float | None = None
-    ) -> dict[str, Any]:
-        """The ``cost`` and ``model`` keys of a priced item's ``ITEM_COMPLETED``/``ITEM_FAILED``.
-
-        ``cost`` is the dollars of the item's finished attempts: given, or read from the
-        worker's slot (0.0 when the worker never priced an attempt of this item).
-        """
-        if cost is None:
-            slot = self.slots.get(worker_id) if worker_id is not None else None
-            cost = slot.cost if slot is not None and slot.spent_for is item else 0.0
-        return {"cost": cost, "model": model_name(getattr(item, "strategy", None))}
-
     async def run_batch_timer(self, seconds: float) -> None:
         """Stop the batch with ``"batch_timeout"`` after ``seconds`` on the clock."""
         await self.clock.sleep(seconds)
