@@ -238,8 +238,9 @@ class MetricsObserver(BaseObserver):
             Once an item event carried a ``cost`` (a ``cost_function`` prices the calls, see
             ``GuardrailConfig``), three more keys follow: ``total_cost`` (dollars of every
             item's attempts so far, failed items included), ``cost_by_model`` (dollars by the
-            ``model`` the events name: ``ITEM_COMPLETED`` names it) and ``cost_by_quota_scope`` (dollars by quota scope;
-            empty without quota admission). Without priced calls these keys are absent.
+            ``model`` the events name: ``ITEM_COMPLETED`` names it) and
+            ``cost_by_quota_scope`` (dollars by quota scope; empty without quota admission).
+            Without priced calls these keys are absent.
         """
         async with self._lock:
             m = self.metrics
