@@ -149,7 +149,7 @@ bench: install ## Run every benchmark
 
 .PHONY: docs
 docs: install ## Build the documentation site into site/ (warnings are errors)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # --- housekeeping ------------------------------------------------------------
 
