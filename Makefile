@@ -140,7 +140,7 @@ check-all: ci ## Alias of ci
 # --- running things ----------------------------------------------------------
 
 .PHONY: demo
-demo: install ## Run the offline demo
+demo: install ## Offline demo: the async-batch-llm CLI on examples/demo_requests.jsonl, then a free --resume
 	$(BIN)/python examples/demo.py
 
 .PHONY: bench
