@@ -291,7 +291,9 @@ class AnthropicServer(ProviderServer):
             each bucket holds ``limit * window / 60`` (3 s: 5% of a minute's worth).
         api_key: If set, the key must match, otherwise 401 ``authentication_error``; it is
             read from ``Authorization: Bearer`` (what anthropic 2.x sends) or ``x-api-key``.
-        host, port, raise_handler_errors: See :class:`ProviderServer`.
+        host: See :class:`ProviderServer`.
+        port: See :class:`ProviderServer`.
+        raise_handler_errors: See :class:`ProviderServer`.
     """
 
     provider: ClassVar[str] = "anthropic"

@@ -297,7 +297,9 @@ class OpenAIServer(ProviderServer):
         rate_limit_window_seconds: The window the per-minute limits are enforced over:
             each bucket holds ``limit * window / 60`` (3 s: 5% of a minute's worth).
         api_key: If set, ``Authorization: Bearer <key>`` must match, otherwise 401.
-        host, port, raise_handler_errors: See :class:`ProviderServer`.
+        host: See :class:`ProviderServer`.
+        port: See :class:`ProviderServer`.
+        raise_handler_errors: See :class:`ProviderServer`.
     """
 
     provider: ClassVar[str] = "openai"
