@@ -150,6 +150,17 @@ _OWN_CATEGORIES = {"conflict": "server_error", "invalid_response": "validation"}
 """Categories the built-in strategies' errors carry that results name differently."""
 
 
+def _own_category(exc: BaseException) -> str | None:
+    """The category the built-in strategies' errors carry (``ProviderAPIError.category``)."""
+    for error in _chain(exc):
+        own = getattr(error, "category", None)
+        if isinstance(own, str) and own != "unknown":
+            own = _OWN_CATEGORIES.get(own, own)
+            if own in ITEM_CATEGORIES:
+                return own
+    return None
+
+
 def _from_exception(exc: BaseException) -> str | None:
     """The category an exception names by itself (status, code, type, text), or ``None``.
 
@@ -164,12 +175,9 @@ def _from_exception(exc: BaseException) -> str | None:
         for text in texts
     ):
         return "insufficient_quota"
-    for error in chain:
-        own = getattr(error, "category", None)
-        if isinstance(own, str) and own != "unknown":
-            own = _OWN_CATEGORIES.get(own, own)
-            if own in ITEM_CATEGORIES:
-                return own
+    own = _own_category(exc)
+    if own is not None:
+        return own
     if any(marker in text for text in texts for marker in _AUTH_MARKERS):
         return "authentication"
     for error, text in zip(chain, texts, strict=True):
@@ -208,12 +216,20 @@ def item_category(exc: BaseException, info: ErrorInfo | None) -> str:
     or ``unknown`` gives way to what the exception itself says: an out-of-credit answer
     (OpenAI ``429 insufficient_quota``, Anthropic's credit and billing errors) is
     ``insufficient_quota``, a 401/403 or an invalid key ``authentication``, a 404
-    ``model_not_found``. The 0.6.0 labels map as ``client_error`` → read the exception, else
-    ``bad_request``; the timeouts → ``timeout``; ``connection_error`` → ``connection``;
-    ``validation_error`` → ``validation``. Anything else is ``unknown``.
+    ``model_not_found``. A ``logic_error`` label (the default classifier's for any
+    ``ValueError``) gives way to the category the built-in strategies' errors carry. The 0.6.0
+    labels map as ``client_error`` → read the exception, else ``bad_request``; the timeouts →
+    ``timeout``; ``connection_error`` → ``connection``; ``validation_error`` → ``validation``.
+    Anything else is ``unknown``.
     """
     label = info.error_category if info is not None else "unknown"
     mapped = _FROM_LABEL.get(label, label if label in ITEM_CATEGORIES else None)
+    if mapped == "logic_error":
+        # The default classifier calls every ValueError a logic error, also the built-in
+        # strategies' ProviderRequestError (a wrong key, an empty account): their own category.
+        own = _own_category(exc)
+        if own is not None:
+            return own
     if mapped in (None, "rate_limit", "bad_request", "unknown"):
         found = _from_exception(exc)
         if found is not None and not (mapped == "rate_limit" and found == "bad_request"):

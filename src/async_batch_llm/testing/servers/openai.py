@@ -77,6 +77,9 @@ Counters: ``rate_limit_admitted``, ``rate_limit_rejections`` (per limit name),
 ``rate_limited_count``, ``rate_limit_charged`` (``"requests"``, ``"tokens"``);
 ``rate_limit_status()`` gives each limit's state.
 
+Billing: :attr:`OpenAIServer.usage_log` keeps the usage of every chat completion answered
+(model, prompt, cached and completion tokens), so a test can price what the server billed.
+
 Retries: the ``openai`` SDK retries 408/409/429/5xx and connection errors twice
 by default (honouring ``retry-after-ms``/``retry-after`` up to 120 s, otherwise
 0.5 s doubling up to 8 s with jitter); pass ``max_retries=0`` to disable.  It
@@ -347,6 +350,14 @@ class OpenAIServer(ProviderServer):
             {"requests": requests_per_minute, "tokens": tokens_per_minute},
             rate_limit_window_seconds,
         )
+        self.usage_log: list[JSONDict] = []
+        """The usage billed by every chat completion answered, in answer order: ``{"model",
+        "prompt_tokens", "cached_tokens", "completion_tokens"}`` (the figures of its ``usage``)."""
+
+    def reset_stats(self) -> None:
+        """Clear recorded requests, exchanges, counters and :attr:`usage_log`."""
+        super().reset_stats()
+        self.usage_log.clear()
 
     @property
     def base_url(self) -> str:
@@ -588,6 +599,14 @@ class OpenAIServer(ProviderServer):
         cached = min(self._cached_tokens(request, reply), prompt_tokens)
         reserved = _reserved_completion(body)
         self._settle_rate_limits(request, {"tokens": prompt_tokens + max(reserved, output * n)})
+        self.usage_log.append(
+            {
+                "model": request.model,
+                "prompt_tokens": prompt_tokens,
+                "cached_tokens": cached,
+                "completion_tokens": output * n,
+            }
+        )
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": output * n,
