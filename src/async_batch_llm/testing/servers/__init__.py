@@ -93,12 +93,14 @@ from ._core import (
     default_respond,
     example_for_schema,
 )
+from ._batches import BatchTiming
 from .anthropic import AnthropicServer
 from .gemini import GeminiCache, GeminiServer
 from .openai import OpenAIServer
 
 __all__ = [
     "AnthropicServer",
+    "BatchTiming",
     "Disconnect",
     "ErrorResponse",
     "Exchange",
