@@ -365,3 +365,76 @@ async def test_a_line_carries_the_body_execute_would_send(
     assert "extra_body" not in body
     assert line.group == "gpt-4o-mini"
     assert line.size == len(json.dumps(payload, separators=(",", ":")).encode()) + 1
+
+
+class HeldClock(JumpClock):
+    """Sleeps wait until the test releases them; after :meth:`release_all`, sleeps jump."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[float, asyncio.Future[None]]] = []
+        self.jumping = False
+
+    async def sleep(self, seconds: float) -> None:
+        if self.jumping:
+            await super().sleep(seconds)
+            return
+        self.sleeps.append(seconds)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held.append((seconds, waiter))
+        await waiter
+
+    async def until_held(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.held) < count:
+                await asyncio.sleep(0.001)
+
+    def release_longest(self) -> None:
+        """Jump time by the longest held sleep and wake it; from now on sleeps jump."""
+        self.jumping = True
+        seconds, waiter = max(self.held, key=lambda held: held[0])
+        self.held.remove((seconds, waiter))
+        self.now += seconds
+        waiter.set_result(None)
+
+
+async def test_cancelling_the_batch_cancels_its_provider_jobs(
+    client: openai.AsyncOpenAI, server: OpenAIServer
+) -> None:
+    clock = HeldClock()
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    task = asyncio.create_task(run([(f"c{i}", strategy, f"cancel {i}") for i in range(4)], clock))
+    await clock.until_held(1)  # the runner waits before its first poll
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [job] = server.batch_jobs.values()
+    assert job.state == "cancelling"
+    assert server.counts["batches_cancel"] == 1
+
+
+@pytest.mark.parametrize(
+    "timing", [BatchTiming(seconds_per_line=100.0)], ids=["100-seconds-per-line"]
+)
+async def test_a_batch_timeout_cancels_the_job_and_keeps_every_finished_line(
+    client: openai.AsyncOpenAI, server: OpenAIServer, timing: BatchTiming
+) -> None:
+    clock = HeldClock()
+    server.clock = clock.time
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    cfg = config(guardrails=GuardrailConfig(batch_timeout=1000.0))
+    task = asyncio.create_task(
+        run([(f"t{i}", strategy, f"slow {i}") for i in range(12)], clock, cfg)
+    )
+    await clock.until_held(2)  # the batch timer (1000 s) and the first poll wait (5 s)
+    clock.release_longest()  # 1000 s pass: validating 10 s + 9 lines of 100 s have run
+    results = await task
+    [job] = server.batch_jobs.values()
+    assert job.state == "cancelled"
+    assert server.counts["batches_cancel"] == 1
+    done = sorted(k for k, r in results.items() if r.success)
+    assert done == [f"t{i}" for i in range(9)]
+    stopped = [r for r in results.values() if not r.success]
+    assert len(stopped) == 3
+    assert {r.error_category for r in stopped} == {"batch_timeout"}
+    assert all(r.token_usage == {} for r in stopped)
