@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -23,10 +23,12 @@ from async_batch_llm import (
     ProcessorConfig,
     RateLimitConfig,
     RetryConfig,
+    process_prompts,
 )
 from async_batch_llm._strategies.batch_api import BatchLimits
 from async_batch_llm.core import GuardrailConfig, PriceTable
 from async_batch_llm.llm_strategies import OpenAIStrategy
+from async_batch_llm.middleware import BaseMiddleware
 from async_batch_llm.observers import ProcessingEvent
 from async_batch_llm.testing.servers import (
     BatchTiming,
@@ -374,6 +376,7 @@ class HeldClock(JumpClock):
         super().__init__()
         self.held: list[tuple[float, asyncio.Future[None]]] = []
         self.jumping = False
+        self.changed = asyncio.Event()
 
     async def sleep(self, seconds: float) -> None:
         if self.jumping:
@@ -382,12 +385,14 @@ class HeldClock(JumpClock):
         self.sleeps.append(seconds)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.held.append((seconds, waiter))
+        self.changed.set()
         await waiter
 
     async def until_held(self, count: int) -> None:
         async with asyncio.timeout(10):
             while len(self.held) < count:
-                await asyncio.sleep(0.001)
+                self.changed.clear()
+                await self.changed.wait()
 
     def release_longest(self) -> None:
         """Jump time by the longest held sleep and wake it; from now on sleeps jump."""
@@ -438,3 +443,58 @@ async def test_a_batch_timeout_cancels_the_job_and_keeps_every_finished_line(
     assert len(stopped) == 3
     assert {r.error_category for r in stopped} == {"batch_timeout"}
     assert all(r.token_usage == {} for r in stopped)
+
+
+async def test_process_prompts_in_batch_mode_takes_a_lazy_source_in_waves(
+    server: OpenAIServer, client: openai.AsyncOpenAI, clock: JumpClock
+) -> None:
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    texts = [f"stream {i}" for i in range(500)]
+    result = await process_prompts(
+        strategy, iter(texts), mode="batch", preserve_order=True, clock=clock
+    )
+    assert [r.output for r in result.results] == [f"echo: {t}" for t in texts]
+    assert len(server.batch_jobs) > 1  # waves of the feed's capacity, one job each
+    assert sum(len(job.lines) for job in server.batch_jobs.values()) == 500
+    assert server.counts["chat_completions"] == 0
+
+
+@pytest.mark.parametrize(
+    "timing", [BatchTiming(expire_after_lines=5, expiring_jobs=1)], ids=["first-job-expires"]
+)
+async def test_a_lazy_source_with_online_fallback_sends_expired_lines_online(
+    server: OpenAIServer, client: openai.AsyncOpenAI, clock: JumpClock
+) -> None:
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    cfg = config(mode="batch", batch_fallback="online")
+    result = await process_prompts(
+        strategy, [f"lazy {i}" for i in range(300)], config=cfg, clock=clock
+    )
+    assert result.succeeded == 300
+    first = next(iter(server.batch_jobs.values()))
+    assert server.counts["chat_completions"] == len(first.lines) - 5
+
+
+async def test_process_prompts_refuses_batch_mode_for_a_strategy_without_it() -> None:
+    read: list[int] = []
+
+    def source() -> Iterator[str]:
+        read.append(1)
+        yield "never read"
+
+    with pytest.raises(TypeError, match="ScriptedStrategy has none"):
+        await process_prompts(ScriptedStrategy(), source(), mode="batch")
+    assert read == []
+
+
+async def test_batch_mode_refuses_middlewares(
+    server: OpenAIServer, client: openai.AsyncOpenAI, clock: JumpClock
+) -> None:
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    processor = ParallelBatchProcessor[str, Any, None](
+        config=config(), clock=clock, middlewares=[BaseMiddleware()]
+    )
+    await processor.add_work(LLMWorkItem(item_id="m", strategy=strategy, prompt="x"))
+    with pytest.raises(TypeError, match="does not run middlewares"):
+        await processor.process_all()
+    assert server.requests == []

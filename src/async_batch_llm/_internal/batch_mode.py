@@ -66,7 +66,7 @@ class BatchModeError(TypeError):
 
 
 def check_batch_support(
-    strategies: Sequence[object], processor: ParallelBatchProcessor[Any, Any, Any]
+    strategies: Sequence[object], processor: ParallelBatchProcessor[Any, Any, Any] | None
 ) -> None:
     """Refuse, before anything is submitted, what batch mode cannot run.
 
@@ -76,7 +76,7 @@ def check_batch_support(
     for strategy in strategies:
         if not supports_batch(strategy):
             raise _unsupported(strategy)
-    if processor.middlewares:
+    if processor is not None and processor.middlewares:
         raise BatchModeError(
             "ProcessorConfig(mode='batch') does not run middlewares; remove them or use "
             "mode='online'"
@@ -134,9 +134,31 @@ class BatchModeRunner:
     # ----------------------------------------------------------------------------- run
 
     async def run(self) -> None:
-        """Process every queued item; put the online fallbacks back on the queue."""
+        """Process every item; online fallbacks go back on the queue for the workers."""
         p = self.p
-        pending = await self._take_items()
+        leftover: list[_Pending] = []  # items no job finished: the batch stopped
+        fallback: list[_Pending] = []
+        # A lazy source (process_stream) holds at most feed.capacity unreleased items: take
+        # them in waves of that size, each finished (and published) before the next.
+        while wave := await self._take_items():
+            leftover, wave_fallback = await self._rounds(wave)
+            if p._feed is not None:
+                for entry in wave_fallback:  # their feed slots must be freed before the next wave
+                    leftover.extend(await self._online(entry))
+            else:
+                fallback.extend(wave_fallback)
+            if leftover or self.guard.termination is not None or p._halt is not None:
+                break
+        stop = self.guard.termination
+        for entry in [*leftover, *fallback]:
+            if stop is not None:
+                await self._finish(entry, self._stopped_result(entry, stop))
+            else:
+                p._queue.append(entry.item)  # online fallback; or _fail_unstarted (store halt)
+
+    async def _rounds(self, pending: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+        """Rounds of jobs until every item is final; return ``(unfinished, online fallback)``."""
+        p = self.p
         slot = self.guard.slot(self.worker_id)
         slot.item = self  # a stop (batch timeout, fail-fast) interrupts this task
         fallback: list[_Pending] = []
@@ -145,7 +167,7 @@ class BatchModeRunner:
                 again = await self._round(pending)
                 if self.online:
                     fallback.extend(again)
-                    break
+                    again = []
                 pending = again
         except asyncio.CancelledError:
             why = slot.interrupt
@@ -154,36 +176,49 @@ class BatchModeRunner:
                 raise
             slot.interrupt = None
             await self._stopped(why)
-            pending = []
+            return [], fallback
         finally:
             slot.item = None
-        if self.guard.termination is not None:
-            for entry in [*pending, *fallback]:
-                await self._finish(
-                    entry, self.guard.stopped_result(entry.item, self.guard.termination)
-                )
-            return
-        for entry in fallback:
-            p._queue.append(entry.item)
+        return pending, fallback
+
+    async def _online(self, entry: _Pending) -> list[_Pending]:
+        """Send one fallback item online now (lazy sources); ``[entry]`` if the batch stopped."""
+        p = self.p
+        if self.guard.termination is not None or p._halt is not None:
+            return [entry]
+        result = await p._process_item(entry.item, self.worker_id)
+        journal = p._journal
+        if journal is not None:
+            journal.submit(entry.item, result, p._deferred.pop(entry.item.item_id, None))
+        else:
+            p._record(result)
+            if p.post_processor is not None:
+                await p._run_post_processor(result)
+        return []
 
     async def _take_items(self) -> list[_Pending]:
+        """The next wave of items to send: not replayed from the store, at most a feed's
+        capacity; ``[]`` once there are none left."""
         p = self.p
-        items: list[LLMWorkItem[Any, Any, Any]] = list(p._queue)
-        p._queue.clear()
-        feed = p._feed
-        if feed is not None:
-            while (pulled := await feed.get()) is not None:
-                items.append(pulled)
         journal = p._journal
-        pending = []
-        for item in items:
-            if journal is not None and journal.replaying:
-                replayed = journal.replay(item)
-                if replayed is not None:
-                    p._publish(replayed, journal.replay_event(replayed))
-                    continue
-            pending.append(_Pending(item))
-        return pending
+        feed = p._feed
+        while True:
+            items: list[LLMWorkItem[Any, Any, Any]] = list(p._queue)
+            p._queue.clear()
+            if feed is not None:
+                while len(items) < feed.capacity and (pulled := await feed.get()) is not None:
+                    items.append(pulled)
+            pending = []
+            for item in items:
+                if journal is not None and journal.replaying:
+                    replayed = journal.replay(item)
+                    if replayed is not None:
+                        p._publish(replayed, journal.replay_event(replayed))
+                        continue
+                pending.append(_Pending(item))
+            if pending or not items or feed is None:
+                return pending
+            # the whole wave was replayed: take the next one
 
     async def _round(self, pending: list[_Pending]) -> list[_Pending]:
         """Submit one job per group and size limit, wait for all, map results back."""

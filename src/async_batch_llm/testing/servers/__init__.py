@@ -67,6 +67,7 @@ SDK retry defaults (disable them in tests that count requests):
 * openai / anthropic: 2 retries; pass ``max_retries=0``.
 """
 
+from ._batches import BatchTiming
 from ._core import (
     Disconnect,
     ErrorResponse,
@@ -93,7 +94,6 @@ from ._core import (
     default_respond,
     example_for_schema,
 )
-from ._batches import BatchTiming
 from .anthropic import AnthropicServer
 from .gemini import GeminiCache, GeminiServer
 from .openai import OpenAIServer
