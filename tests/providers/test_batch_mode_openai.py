@@ -162,7 +162,7 @@ async def test_jobs_are_split_by_requests_per_job_and_bytes_per_file(
     assert [len(job.lines) for job in server.batch_jobs.values()] == [4, 4, 2]
 
     sized = OpenAIStrategy(client, "gpt-4o-mini")
-    one_line = sized.batch_line("abl-1", "word " * 40).size  # ids abl-1 .. abl-7
+    one_line = sized.batch_line("abl-0123456789ab-1", "word " * 40).size  # the runner's ids
     sized.batch_limits = BatchLimits(max_requests=100, max_bytes=one_line * 3 + 10)
     before = len(server.batch_jobs)
     results = await run([(f"b{i}", sized, "word " * 40) for i in range(7)], clock)
@@ -195,7 +195,8 @@ async def test_an_item_over_the_per_line_limit_fails_alone_naming_the_limit(
     assert not huge.success
     assert huge.error_category == "bad_request"
     assert "400 bytes" in (huge.error or "")
-    assert [cid for job in server.batch_jobs.values() for cid, _ in job.lines] == ["abl-1"]
+    sent = [body for job in server.batch_jobs.values() for _, body in job.lines]
+    assert [body["messages"][0]["content"] for body in sent] == ["hello"]
 
 
 @pytest.mark.parametrize(

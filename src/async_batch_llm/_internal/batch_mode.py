@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -103,6 +105,7 @@ class _Pending:
 @dataclass
 class _Job:
     backend: BatchBackend
+    key: str = ""  # the job's tag and its entry in the artifact store
     lines: dict[str, _Pending] = field(default_factory=dict)  # custom_id -> its item
     requests: list[BatchLine] = field(default_factory=list)
     job_id: str | None = None
@@ -130,6 +133,23 @@ class BatchModeRunner:
         self.online = processor.config.batch_fallback == "online"
         self._line_counter = 0
         self.active: list[_Job] = []
+        self._run_tag = uuid.uuid4().hex[:12]
+        self._job_counter = 0
+        # With an artifact store: each job's line map is saved before it is submitted, so a
+        # resumed run polls the jobs it already has (``_adopt``) instead of submitting again.
+        journal = processor._journal
+        store = processor.artifact_store if journal is not None else None
+        self.store = store if store is not None and store.supports_batch_jobs else None
+        self.open_jobs: dict[str, dict[str, Any]] = {}
+        self.adoptable: dict[tuple[str, str], tuple[str, str]] = {}
+        if self.store is not None and journal is not None and journal.replaying:
+            for key, text in self.store.load_batch_jobs().items():
+                entry = json.loads(text)
+                if entry.get("state") == "collected":
+                    continue
+                self.open_jobs[key] = entry
+                for custom_id, (item_id, fingerprint) in entry["lines"].items():
+                    self.adoptable[(item_id, fingerprint)] = (key, custom_id)
 
     # ----------------------------------------------------------------------------- run
 
@@ -222,16 +242,80 @@ class BatchModeRunner:
 
     async def _round(self, pending: list[_Pending]) -> list[_Pending]:
         """Submit one job per group and size limit, wait for all, map results back."""
-        jobs = await self._plan(pending)
+        adopted, fresh = await self._adopt(pending)
+        planned = await self._plan(fresh)
+        jobs = [*adopted, *planned]
         self.active = jobs
-        for job in jobs:
+        for job in planned:
             await self._submit(job)
         await self._wait(jobs)
         again: list[_Pending] = []
         for job in jobs:
             again.extend(await self._collect(job))
+            await self._save(job, "collected")
         self.active = []
         return again
+
+    async def _adopt(self, pending: list[_Pending]) -> tuple[list[_Job], list[_Pending]]:
+        """Split off the items a job of an earlier run already holds: that job is polled."""
+        if not self.adoptable:
+            return [], pending
+        journal = self.p._journal
+        assert journal is not None
+        jobs: dict[str, _Job] = {}
+        fresh: list[_Pending] = []
+        for entry in pending:
+            found = self.adoptable.pop((entry.item.item_id, journal.fingerprint(entry.item)), None)
+            strategy: Any = entry.item.strategy
+            if found is None or not supports_batch(strategy):
+                fresh.append(entry)
+                continue
+            key, custom_id = found
+            job = jobs.get(key)
+            if job is None:
+                job = jobs[key] = _Job(strategy.batch_backend(), key)
+                job.job_id = self.open_jobs[key].get("job_id")
+            job.lines[custom_id] = entry
+            entry.rounds = max(entry.rounds, 1)
+        now = self.clock.time()
+        adopted = []
+        for job in jobs.values():
+            if job.job_id is None:  # the run crashed while submitting: did the job get made?
+                try:
+                    job.job_id = await job.backend.find(job.key)
+                except Exception as exc:
+                    logger.warning("looking for batch job %s failed (%r)", job.key, exc)
+            if job.job_id is None:
+                for entry in job.lines.values():
+                    entry.rounds -= 1  # never sent: this round plans it afresh
+                fresh.extend(job.lines.values())
+                continue
+            await self._save(job, "submitted")
+            job.interval = job.backend.poll_interval
+            job.next_at = now  # read its state at once
+            job.submitted_at = now
+            adopted.append(job)
+        return adopted, fresh
+
+    async def _save(self, job: _Job, state: str) -> None:
+        """Commit the job's entry (line map, id, state) to the artifact store, if any."""
+        store = self.store
+        journal = self.p._journal
+        if store is None or journal is None or not job.key:
+            return
+        if state == "collected":
+            await journal.drain()  # its results are committed before the job is let go
+        entry = {
+            "provider": job.backend.provider,
+            "job_id": job.job_id,
+            "state": state,
+            "lines": {
+                custom_id: [item.item.item_id, journal.fingerprint(item.item)]
+                for custom_id, item in job.lines.items()
+            },
+        }
+        text = json.dumps(entry, separators=(",", ":"))
+        await asyncio.to_thread(store.save_batch_job, job.key, text)
 
     # ----------------------------------------------------------------------------- jobs
 
@@ -243,7 +327,7 @@ class BatchModeRunner:
             strategy: Any = entry.item.strategy
             entry.rounds += 1
             self._line_counter += 1
-            custom_id = f"abl-{self._line_counter}"
+            custom_id = f"abl-{self._run_tag}-{self._line_counter}"  # unique across runs
             if not supports_batch(strategy):  # an item of a lazy source
                 await self._fail(entry, _unsupported(strategy), "bad_request")
                 continue
@@ -285,11 +369,16 @@ class BatchModeRunner:
         return jobs
 
     async def _submit(self, job: _Job) -> None:
+        self._job_counter += 1
+        job.key = f"{self._run_tag}-{self._job_counter}"
+        await self._save(job, "submitting")  # before the provider sees it (never sent twice)
         try:
-            job.job_id = await job.backend.submit(job.requests)
+            job.job_id = await job.backend.submit(job.requests, job.key)
         except Exception as exc:
             job.error = exc
+            await self._save(job, "collected")
             return
+        await self._save(job, "submitted")
         job.submitted_at = self.clock.time()
         job.interval = job.backend.poll_interval
         job.next_at = job.submitted_at + job.interval

@@ -150,8 +150,15 @@ class BatchBackend(Protocol):
     poll_interval: float
     max_poll_interval: float
 
-    async def submit(self, lines: Sequence[BatchLine]) -> str:
-        """Create one job holding ``lines``; return its id. Raises the converted API error."""
+    async def submit(self, lines: Sequence[BatchLine], tag: str) -> str:
+        """Create one job holding ``lines``, labelled ``tag``; return its id.
+
+        Raises the converted API error.
+        """
+        ...
+
+    async def find(self, tag: str) -> str | None:
+        """The id of the job submitted with ``tag``, or ``None`` (a crash hid its id)."""
         ...
 
     async def status(self, job_id: str) -> JobStatus:

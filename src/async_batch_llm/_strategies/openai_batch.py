@@ -42,6 +42,8 @@ OPENAI_BATCH_URL: Final = "/v1/chat/completions"
 _LABEL = "OpenAI"
 _PROVIDER = "openai"
 _NOT_RUN = ("batch_expired", "batch_cancelled")
+_TAG = "async_batch_llm_job"
+"""The batch metadata key holding the job's tag (found again by a resumed run)."""
 
 
 class _LineStatusError(Exception):
@@ -75,7 +77,7 @@ class OpenAIBatchBackend:
     def __repr__(self) -> str:
         return f"OpenAIBatchBackend(limits={self.limits!r})"
 
-    async def submit(self, lines: Sequence[BatchLine]) -> str:
+    async def submit(self, lines: Sequence[BatchLine], tag: str) -> str:
         data = "".join(_dumps(line.payload) + "\n" for line in lines).encode("utf-8")
         async with _converting():
             uploaded = await self.client.files.create(
@@ -85,8 +87,16 @@ class OpenAIBatchBackend:
                 input_file_id=uploaded.id,
                 endpoint=OPENAI_BATCH_URL,
                 completion_window="24h",
+                metadata={_TAG: tag},
             )
         return batch.id
+
+    async def find(self, tag: str) -> str | None:
+        async with _converting():
+            async for batch in self.client.batches.list(limit=100):
+                if batch.metadata is not None and batch.metadata.get(_TAG) == tag:
+                    return batch.id
+        return None
 
     async def status(self, job_id: str) -> JobStatus:
         async with _converting():

@@ -25,7 +25,8 @@ Served:
 * The Batch API: ``POST /v1/files`` (multipart upload, ``purpose: "batch"``; kind
   ``"files_create"``), ``GET /v1/files/{id}`` and ``GET /v1/files/{id}/content``
   (``"files_retrieve"``, ``"files_content"``), ``POST /v1/batches`` (``"batches_create"``),
-  ``GET /v1/batches/{id}`` (``"batches_retrieve"``) and ``POST /v1/batches/{id}/cancel``
+  ``GET /v1/batches/{id}`` (``"batches_retrieve"``), ``GET /v1/batches`` (``"batches_list"``,
+  newest first, ``after``/``limit`` pages) and ``POST /v1/batches/{id}/cancel``
   (``"batches_cancel"``). A job validates its input file (JSONL lines with a unique
   ``custom_id``, ``method: "POST"``, the batch's ``url`` and one model per file, at most
   ``batch_max_requests`` lines and ``batch_max_bytes`` bytes; otherwise it ends ``failed``
@@ -363,6 +364,7 @@ class OpenAIServer(ProviderServer):
             "files_content",
             "batches_create",
             "batches_retrieve",
+            "batches_list",
             "batches_cancel",
             "unknown",
         }
@@ -822,6 +824,8 @@ class OpenAIServer(ProviderServer):
             return Route(RequestDetails(kind="files_create"), self._files_create)
         if path == "/v1/batches" and method == "POST":
             return Route(RequestDetails(kind="batches_create"), self._batches_create)
+        if path == "/v1/batches" and method == "GET":
+            return Route(RequestDetails(kind="batches_list"), self._batches_list)
         match = _FILE.match(path)
         if match is not None and method == "GET":
             kind = "files_content" if match["content"] else "files_retrieve"
@@ -893,7 +897,13 @@ class OpenAIServer(ProviderServer):
             self.clock(),
             self.batch_timing.for_job(len(self.batch_jobs)),
         )
-        job.extra.update(endpoint=endpoint, input_file_id=source.id, errors=None)
+        metadata = body.get("metadata")
+        job.extra.update(
+            endpoint=endpoint,
+            input_file_id=source.id,
+            errors=None,
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+        )
         errors = self._read_input(source, str(endpoint), job)
         self.batch_jobs[job.id] = job
         if errors:
@@ -945,6 +955,27 @@ class OpenAIServer(ProviderServer):
         job = self._job(request)
         await self._advance(job)
         return self._json_response(self._batch_json(job))
+
+    async def _batches_list(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        """Newest first, ``limit`` (default 20) per page after the ``after`` id."""
+        jobs = list(reversed(self.batch_jobs.values()))
+        after = request.query.get("after")
+        if after is not None:
+            ids = [job.id for job in jobs]
+            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+        limit = int(request.query.get("limit") or 20)
+        page = jobs[:limit]
+        return self._json_response(
+            {
+                "object": "list",
+                "data": [self._batch_json(job) for job in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(jobs) > limit,
+            }
+        )
 
     async def _batches_cancel(
         self, request: ProviderRequest, malformed: Malformed | None
@@ -1067,7 +1098,7 @@ class OpenAIServer(ProviderServer):
                 "completed": job.completed_count,
                 "failed": job.failed_count,
             },
-            "metadata": None,
+            "metadata": job.extra.get("metadata"),
         }
 
     # ----------------------------------------------------------------- models
