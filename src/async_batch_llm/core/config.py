@@ -59,7 +59,8 @@ def _check_bool(name: str, value: object) -> None:
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        kind = ValueError if isinstance(value, str) else TypeError
+        raise kind(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def _check_optional_int(name: str, value: object) -> None:
