@@ -87,8 +87,8 @@ def check_batch_support(
 
 def _unsupported(strategy: object) -> BatchModeError:
     return BatchModeError(
-        f"ProcessorConfig(mode='batch') needs strategies with batch support "
-        f"(OpenAIStrategy); {type(strategy).__name__} has none (no batch_backend, "
+        "ProcessorConfig(mode='batch') needs strategies with batch support (OpenAIStrategy, "
+        f"AnthropicStrategy); {type(strategy).__name__} has none (no batch_backend, "
         "batch_line and batch_output methods). Use mode='online' for it"
     )
 

@@ -12,12 +12,27 @@ results, the rest come back as not run. ``cancel`` moves it to ``cancelling``, t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["BatchJob", "BatchTiming", "LineAnswer", "LineRunner"]
+from ._core import (
+    APIError,
+    ErrorResponse,
+    Handler,
+    Malformed,
+    ProviderRequest,
+    ProviderServer,
+    RateLimited,
+    RequestDetails,
+    ServerError,
+    _FaultSignal,
+    _HandlerFailure,
+)
+
+__all__ = ["BatchJob", "BatchTiming", "LineAnswer", "LineRunner", "answer_line", "line_request"]
 
 LineAnswer = tuple[int, Any]
 """``(http_status, body)`` of one line's answer."""
@@ -141,3 +156,53 @@ class BatchJob:
     def _enter(self, state: str, now: float) -> None:
         self.state = state
         self.times.setdefault(state, now)
+
+
+def line_request(
+    server: ProviderServer, details: RequestDetails, body: Any, path: str
+) -> ProviderRequest:
+    """The :class:`ProviderRequest` ``respond`` sees for one line of a job (kind ``batch_line``)."""
+    return ProviderRequest(
+        provider=server.provider,
+        kind="batch_line",
+        index=len(server.requests),
+        kind_index=0,
+        method="POST",
+        path=path,
+        query={},
+        headers={},
+        body=body,
+        model=details.model,
+        prompt=details.prompt,
+        system=details.system,
+        input_tokens=details.input_tokens,
+        response_schema=details.response_schema,
+        tools=details.tools,
+        tool_choice=details.tool_choice,
+        received_at=server.clock(),
+    )
+
+
+async def answer_line(
+    server: ProviderServer, request: ProviderRequest, handler: Handler
+) -> LineAnswer:
+    """Answer one line with the server's own handler; a fault ``respond`` returned for the line
+    becomes the provider's error answer (a hang or disconnect a 500)."""
+    try:
+        response = await handler(request, None)
+    except APIError as exc:
+        response = server._error_response(exc.status, exc.message, code=exc.code)
+    except _FaultSignal as signal:
+        fault = signal.fault
+        if isinstance(fault, Malformed):
+            response = await handler(request, fault)
+        elif isinstance(fault, RateLimited):
+            response = server._error_response(429, fault.message, retry_after=fault.retry_after)
+        elif isinstance(fault, ServerError | ErrorResponse):
+            response = server._error_response(fault.status, fault.message)
+        else:
+            response = server._error_response(500, type(fault).__name__)
+    except _HandlerFailure as failure:
+        error = failure.error
+        response = server._error_response(500, f"{type(error).__name__}: {error}")
+    return response.status, json.loads(response.body)
