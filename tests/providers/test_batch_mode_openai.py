@@ -499,3 +499,26 @@ async def test_batch_mode_refuses_middlewares(
     with pytest.raises(TypeError, match="does not run middlewares"):
         await processor.process_all()
     assert server.requests == []
+
+
+async def test_a_failed_results_download_is_tried_again_without_submitting_again(
+    server: OpenAIServer, client: openai.AsyncOpenAI, clock: JumpClock
+) -> None:
+    server.script(ServerError(503), ServerError(503), kind="files_content")
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    results = await run([(f"d{i}", strategy, f"download {i}") for i in range(3)], clock)
+    assert all(r.success for r in results.values())
+    assert len(server.batch_jobs) == 1
+    assert server.status_counts[503] == 2
+
+
+async def test_a_job_the_provider_refused_to_create_is_submitted_again_after_a_wait(
+    server: OpenAIServer, client: openai.AsyncOpenAI, clock: JumpClock
+) -> None:
+    server.script(ServerError(500), kind="batches_create")
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    results = await run([(f"j{i}", strategy, f"create {i}") for i in range(3)], clock)
+    assert all(r.success for r in results.values())
+    assert len(server.batch_jobs) == 1  # the refused create made no job
+    assert clock.sleeps[0] == 5.0  # the wait before submitting again
+    assert server.counts["batches_create"] == 2

@@ -254,6 +254,9 @@ class BatchModeRunner:
             again.extend(await self._collect(job))
             await self._save(job, "collected")
         self.active = []
+        refused = [job for job in jobs if job.job_id is None and job.error is not None]
+        if again and refused:  # a job could not be submitted: do not resubmit at once
+            await self.clock.sleep(max(job.backend.poll_interval for job in refused))
         return again
 
     async def _adopt(self, pending: list[_Pending]) -> tuple[list[_Job], list[_Pending]]:
@@ -424,10 +427,17 @@ class BatchModeRunner:
             )
         if error is None:
             assert job.job_id is not None
-            try:
-                outcomes = {o.custom_id: o for o in await job.backend.results(job.job_id)}
-            except Exception as exc:
-                error = exc
+            for attempt in range(1, _MAX_POLL_ERRORS + 1):
+                try:
+                    outcomes = {o.custom_id: o for o in await job.backend.results(job.job_id)}
+                except Exception as exc:  # a failed download: try again, the lines are paid for
+                    logger.warning("downloading batch job %s failed (%r)", job.job_id, exc)
+                    if attempt == _MAX_POLL_ERRORS:
+                        error = exc
+                    else:
+                        await self.clock.sleep(job.backend.poll_interval)
+                else:
+                    break
         if job.job_id is not None:
             await self._job_event(ProcessingEvent.WORKER_STOPPED, job, "completed")
         for custom_id, entry in job.lines.items():
