@@ -12,10 +12,11 @@ ratios to the plain-asyncio baseline, not the absolute times.
     .venv/bin/python benchmarks/run_all.py --record             # also rewrite docs/benchmarks.*
     .venv/bin/python benchmarks/run_all.py --only overhead overhead-store stream-memory resume \
         --skip-published --skip-pool --record                  # the durable/streaming targets
+    .venv/bin/python benchmarks/run_all.py --only quota --skip-published --record  # quota gate
 
 ``--record`` rewrites the main results of ``docs/benchmarks.md`` (and the chart) only when the
-run covered every classic scenario, and the durable/streaming section only when the run
-measured it, so a partial run never drops figures recorded by another.
+run covered every classic scenario, and the durable/streaming and quota sections only when the
+run measured them, so a partial run never drops figures recorded by another.
 
 The published async-batch-llm 0.6.0 is installed from the package index into
 ``benchmarks/.venv-published/`` (git-ignored) with ``uv`` the first time it is needed.
@@ -50,8 +51,11 @@ DOC_START = "<!-- bench-results:start -->"
 DOC_END = "<!-- bench-results:end -->"
 DURABLE_START = "<!-- bench-durable:start -->"
 DURABLE_END = "<!-- bench-durable:end -->"
+QUOTA_START = "<!-- bench-quota:start -->"
+QUOTA_END = "<!-- bench-quota:end -->"
 
 sys.path.insert(0, str(HERE))
+from quota_bench import QUOTA_IMPLS  # noqa: E402 - needs the path above
 from scenarios import SCENARIOS  # noqa: E402 - needs the path above
 
 ORDER = [
@@ -67,6 +71,8 @@ ORDER = [
     "stream-1m",
     "resume-stream",
     "resume-batch",
+    "quota-overhead",
+    "quota-tpm",
 ]
 CLASSIC = ORDER[: ORDER.index("storm") + 1]
 """The scenarios of the main results table (and the chart)."""
@@ -76,20 +82,26 @@ ALIASES = {
     "overhead-store": ["overhead"],
     "stream-memory": ["stream-100k", "stream-1m"],
     "resume": ["resume-stream", "resume-batch"],
+    "quota": ["quota-overhead", "quota-tpm"],
 }
 """Names ``--only`` accepts besides the scenarios'."""
-IMPLS = ["baseline", "pool", "ours", "ours-store", "published"]
+IMPLS = ["baseline", "pool", "ours", "ours-store", "published", *QUOTA_IMPLS]
 IMPL_LABELS = {
     "baseline": "plain asyncio (semaphore + gather)",
     "pool": "bare worker pool (floor)",
     "ours": "async-batch-llm (this repo)",
     "ours-store": "async-batch-llm + SqliteArtifactStore",
     "published": f"async-batch-llm {PUBLISHED_VERSION} (PyPI)",
+    "declared": "async-batch-llm, max_tokens_per_minute declared",
+    "learned": "async-batch-llm, limits learned from the headers",
+    "unlimited": "async-batch-llm, no token limit (0.6.0 behaviour)",
 }
 STORE_SCENARIOS = {"overhead"}
 """Scenarios also run by ``ours-store`` (the processor journaling to a fresh SQLite store)."""
 OURS_ONLY = {"stream-100k", "stream-1m", "resume-stream", "resume-batch"}
 """Scenarios of APIs only this repository has: run by ``ours`` alone."""
+QUOTA_SCENARIOS = {"quota-overhead", "quota-tpm"}
+"""The scenarios of the quota section; 0.6.0 has no token limits, so neither runs it."""
 DEFAULT_REPEATS = {
     "scale-100k": 3,
     "scale-1m": 1,
@@ -98,6 +110,8 @@ DEFAULT_REPEATS = {
     "stream-1m": 3,
     "resume-stream": 3,
     "resume-batch": 3,
+    "quota-overhead": 9,
+    "quota-tpm": 1,
 }
 QUICK_ITEMS = {
     "overhead": 5_000,
@@ -111,11 +125,13 @@ QUICK_ITEMS = {
     "stream-1m": 100_000,
     "resume-stream": 100_000,
     "resume-batch": 100_000,
+    "quota-overhead": 5_000,
+    "quota-tpm": 400,
 }
 # Retained bytes per item come from a separate tracemalloc run; too slow for these two, which
 # report the RSS growth per item instead. The streams keep no results, and a resumed run's
 # results are the point of no target.
-NO_TRACEMALLOC = {"scale-1m", "storm", *OURS_ONLY}
+NO_TRACEMALLOC = {"scale-1m", "storm", *OURS_ONLY, *QUOTA_SCENARIOS}
 
 
 # ------------------------------------------------------------------------------- environment
@@ -288,6 +304,11 @@ def run_scenario(
                     )
                 elif name.startswith("stream"):
                     more = f"  peak RSS {record['peak_rss'] / 2**20:.0f} MiB"
+                elif record.get("wall_vs_ideal") is not None:
+                    more = (
+                        f"  {record['wall_s']:.2f}s = {record['wall_vs_ideal']:.3f}x ideal "
+                        f"({record['ideal_s']:.2f}s), {record['http_429']} x 429"
+                    )
                 print(
                     f"   {name:<10} {impl:<10} #{rep + 1}: {record['us_per_item']:8.2f} us/item "
                     f"(cpu {record['cpu_s'] / record['results'] * 1e6:6.2f})  "
@@ -360,6 +381,8 @@ def summarize(results: dict[str, dict[str, Cell]]) -> list[dict[str, Any]]:
                 row["added_s"] = statistics.median(added) if added else None
                 row["replayed"] = min(r["replayed"] for r in cell.runs)
                 row["calls_made"] = max(r["calls_made"] for r in cell.runs)
+            if cell.last("tokens_charged") is not None:
+                row["tokens_charged"] = cell.last("tokens_charged")
             if cell.last("records") is not None:
                 row["records"] = min(r["records"] for r in cell.runs)
             if cell.last("commit_max_lag_s") is not None:
@@ -384,6 +407,8 @@ def notes_for(row: dict[str, Any]) -> str:
         parts.append(f"{row['wall_s']:.2f}s = {row['wall_vs_ideal']:.2f}x ideal")
     if "http_429" in row:
         parts.append(f"{row['http_429']:.0f} x 429")
+    if "tokens_charged" in row:
+        parts.append(f"{row['tokens_charged']:,} tokens charged")
     if row.get("first_call_s") is not None:
         parts.append(f"first new call {row['first_call_s']:.3f}s after opening the store")
         if row.get("added_s") is not None:
@@ -493,12 +518,13 @@ def check_targets(rows: list[dict[str, Any]], quick: bool) -> list[tuple[str, bo
         )
     latency = get("latency", "ours")
     if latency and "efficiency_ratio" in latency:
+        base_efficiency = latency["efficiency"] / latency["efficiency_ratio"]
         out.append(
             (
-                "latency: efficiency >= 1.2x baseline's",
-                latency["efficiency_ratio"] >= 1.2,
-                f"{latency['efficiency']:.2f} vs baseline "
-                f"{latency['efficiency'] / latency['efficiency_ratio']:.2f} "
+                f"latency: efficiency >= the baseline's and >= {LATENCY_EFFICIENCY}",
+                latency["efficiency"] >= base_efficiency
+                and latency["efficiency"] >= LATENCY_EFFICIENCY,
+                f"{latency['efficiency']:.2f} vs baseline {base_efficiency:.2f} "
                 f"= {latency['efficiency_ratio']:.2f}x",
             )
         )
@@ -545,8 +571,63 @@ def check_targets(rows: list[dict[str, Any]], quick: bool) -> list[tuple[str, bo
             )
         )
     out += durable_targets(get)
+    out += quota_targets(get)
     if quick:
         out = [(name, None, figures + " (quick run: sizes differ)") for name, _, figures in out]
+    return out
+
+
+LATENCY_EFFICIENCY = 0.85
+QUOTA_OVERHEAD_RATIO = 0.75
+QUOTA_DECLARED_IDEAL = 1.05
+QUOTA_LEARNED_IDEAL = 1.15
+QUOTA_LEARNED_429 = 3
+
+
+def quota_targets(
+    get: Callable[[str, str], dict[str, Any] | None],
+) -> list[tuple[str, bool | None, str]]:
+    """The targets of quota admission (BEYOND.md N2, issue #9)."""
+    out: list[tuple[str, bool | None, str]] = []
+    overhead = get("quota-overhead", "ours")
+    if overhead and overhead["ratio"] is not None:
+        out.append(
+            (
+                "quota: admission on, limits never bind: per-item wall time "
+                f"<= {QUOTA_OVERHEAD_RATIO}x baseline",
+                overhead["ratio"] <= QUOTA_OVERHEAD_RATIO
+                and overhead["succeeded"] == overhead["items"],
+                f"{overhead['ratio']:.3f}x (CPU {overhead['cpu_ratio']:.3f}x), "
+                f"{overhead['us_per_item']:.2f} µs/item",
+            )
+        )
+    for impl, ratio, most in (
+        ("declared", QUOTA_DECLARED_IDEAL, 0),
+        ("learned", QUOTA_LEARNED_IDEAL, QUOTA_LEARNED_429),
+        ("unlimited", None, None),
+    ):
+        row = get("quota-tpm", impl)
+        if row is None or "wall_vs_ideal" not in row:
+            continue
+        figures = (
+            f"{row['wall_s']:.2f}s = {row['wall_vs_ideal']:.3f}x ideal ({row['ideal_s']:.2f}s), "
+            f"{row['http_429']:.0f} x 429, {row['succeeded']:,}/{row['items']:,} succeeded"
+        )
+        if ratio is None:
+            out.append(
+                ("quota TPM: no token limit (0.6.0 behaviour), for comparison", None, figures)
+            )
+            continue
+        limit = "zero 429s" if most == 0 else f"<= {most} 429s"
+        out.append(
+            (
+                f"quota TPM, {impl} limits: wall <= {ratio}x ideal, {limit}",
+                row["wall_vs_ideal"] <= ratio
+                and row["http_429"] <= most
+                and row["succeeded"] == row["items"],
+                figures,
+            )
+        )
     return out
 
 
@@ -736,6 +817,14 @@ def is_durable_target(name: str) -> bool:
     return name.startswith(DURABLE_TARGET_PREFIXES)
 
 
+def is_quota_target(name: str) -> bool:
+    return name.startswith("quota")
+
+
+def has_quota(rows: list[dict[str, Any]]) -> bool:
+    return any(r["scenario"] in QUOTA_SCENARIOS for r in rows)
+
+
 def has_durable(rows: list[dict[str, Any]]) -> bool:
     return any(r["impl"] == "ours-store" or r["scenario"] in OURS_ONLY for r in rows)
 
@@ -769,7 +858,12 @@ def record_docs(
             "Targets of issue #4, evaluated on this run:",
             "",
             *_target_lines(
-                [t for t in targets if not is_durable_target(t[0]) or t[0].startswith("overhead")]
+                [
+                    t
+                    for t in targets
+                    if (not is_durable_target(t[0]) or t[0].startswith("overhead"))
+                    and not is_quota_target(t[0])
+                ]
             ),
             "",
             "![items/s and µs/item per implementation](benchmarks.png)",
@@ -801,6 +895,23 @@ def record_docs(
             text, DURABLE_START, DURABLE_END, lines, "## Where the per-item time goes"
         )
         written.append("durable/streaming")
+    if has_quota(rows):
+        quota_rows = [r for r in rows if r["scenario"] in QUOTA_SCENARIOS]
+        lines = [
+            "",
+            _machine_line(info, f"`{command}`"),
+            "",
+            *table_lines(quota_rows, markdown=True),
+            "",
+            "Targets of BEYOND.md N2 (issue #9), evaluated on this run:",
+            "",
+            *_target_lines([t for t in targets if is_quota_target(t[0])]),
+            "",
+        ]
+        text = _replace_block(
+            text, QUOTA_START, QUOTA_END, lines, "## Where the per-item time goes"
+        )
+        written.append("quota")
     if written:
         DOC.write_text(text)
     return written
@@ -831,10 +942,13 @@ def impls_for(name: str, impls: dict[str, Path]) -> dict[str, Path]:
     """The implementations that run scenario ``name``."""
     if name in OURS_ONLY:
         return {"ours": impls["ours"]}
+    if name == "quota-tpm":
+        return dict.fromkeys(QUOTA_IMPLS, impls["ours"])
     return {
         impl: python
         for impl, python in impls.items()
-        if impl != "ours-store" or name in STORE_SCENARIOS
+        if (impl != "ours-store" or name in STORE_SCENARIOS)
+        and (impl != "published" or name not in QUOTA_SCENARIOS)
     }
 
 
@@ -887,7 +1001,9 @@ def main() -> int:
     }
     if args.skip_pool:
         del impls["pool"]
-    if not args.skip_published and not all(name in OURS_ONLY for name in scenarios):
+    if not args.skip_published and not all(
+        name in OURS_ONLY or name in QUOTA_SCENARIOS for name in scenarios
+    ):
         python = published_python()
         if python is not None:
             impls["published"] = python
@@ -912,7 +1028,7 @@ def main() -> int:
     print("\n".join(table_lines(rows, markdown=False)))
     targets = check_targets(rows, args.quick)
     if targets:
-        print("\ntargets (issue #4; BEYOND.md N1):")
+        print("\ntargets (issue #4; BEYOND.md N1, N2):")
         for name, held, figures in targets:
             mark = "  --  " if held is None else (" PASS ✔" if held else " FAIL ✘")
             print(f"  [{mark}] {name}: {figures}")

@@ -18,6 +18,13 @@ Implementations:
   temporary file; opening the store and closing it (after ``process_all()`` has waited for the
   last commit) are inside the timed region.
 
+Quota scenarios:
+
+- ``quota-overhead``: ``overhead`` with admission on (``max_tokens_per_minute`` so high it never
+  binds: every attempt is estimated, reserved and reconciled), against the same baseline.
+- ``quota-tpm``: a TPM-bound job against the local OpenAI emulator over HTTP, with the
+  implementations ``declared``, ``learned`` and ``unlimited`` (see ``quota_bench.py``).
+
 Durable and streaming scenarios (``ours`` only):
 
 - ``stream-*``: ``process_stream`` over a generator of prompts; each result is counted and
@@ -59,6 +66,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quota_bench import (  # after the path above
+    QUOTA_IMPLS,
+    QUOTA_ITEMS,
+    QUOTA_TPM,
+    QUOTA_WINDOW,
+    QUOTA_WORKERS,
+    make_job,
+    run_case,
+)
+
+NEVER_BINDING_TPM = 10**12
+"""``max_tokens_per_minute`` of the ``quota-overhead`` scenario: admission on, never waiting."""
+
 # --------------------------------------------------------------------------------- scenarios
 
 
@@ -75,6 +96,8 @@ class Scenario:
     hooks: bool = False  # MetricsObserver + post-processor + progress callback
     storm: bool = False  # calls go to a provider allowing STORM_RATE calls per trailing second
     kind: str = "batch"  # "batch" | "stream" (process_stream) | "resume" (from a full store)
+    # | "quota" (the TPM-bound job of quota_bench.py)
+    admission: bool = False  # frameworks: a token limit that never binds (admission on)
     streamed: bool = False  # resume only: through process_stream instead of add_work/process_all
     description: str = ""
 
@@ -141,6 +164,23 @@ SCENARIOS: dict[str, Scenario] = {
             100,
             storm=True,
             description="2,000 items, provider allows 200 calls per trailing second, else 429",
+        ),
+        Scenario(
+            "quota-overhead",
+            20_000,
+            100,
+            admission=True,
+            description="overhead with quota admission on (a token limit that never binds)",
+        ),
+        Scenario(
+            "quota-tpm",
+            QUOTA_ITEMS,
+            QUOTA_WORKERS,
+            kind="quota",
+            description=(
+                f"{QUOTA_ITEMS:,} mixed prompts through the openai SDK, emulator enforcing "
+                f"{QUOTA_TPM:,} TPM over {QUOTA_WINDOW:g} s, {QUOTA_WORKERS} workers"
+            ),
         ),
         Scenario(
             "stream-100k",
@@ -337,7 +377,10 @@ def _framework_config(abl: Any, scenario: Scenario) -> Any:
     rate_limit = abl.RateLimitConfig(
         cooldown_seconds=1.0, backoff_multiplier=1.0, slow_start_items=0
     )
-    return abl.ProcessorConfig(max_workers=scenario.workers, retry=retry, rate_limit=rate_limit)
+    limits = {"max_tokens_per_minute": NEVER_BINDING_TPM} if scenario.admission else {}
+    return abl.ProcessorConfig(
+        max_workers=scenario.workers, retry=retry, rate_limit=rate_limit, **limits
+    )
 
 
 async def run_framework(
@@ -745,7 +788,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     parser.add_argument(
-        "--impl", required=True, choices=["baseline", "pool", "ours", "ours-store", "published"]
+        "--impl",
+        required=True,
+        choices=["baseline", "pool", "ours", "ours-store", "published", *QUOTA_IMPLS],
     )
     parser.add_argument("--items", type=int, default=None, help="override the item count")
     parser.add_argument("--memory", action="store_true", help="measure retained bytes per item")
@@ -755,6 +800,11 @@ def main() -> None:
     args = parser.parse_args()
 
     scenario = SCENARIOS[args.scenario]
+    if scenario.kind == "quota":
+        main_quota(scenario, args, parser)
+        return
+    if args.impl in QUOTA_IMPLS:
+        parser.error(f"--impl {args.impl} runs only the quota-tpm scenario")
     if scenario.kind != "batch" and args.impl != "ours":
         parser.error(f"scenario {scenario.name} runs only with --impl ours")
     if scenario.kind != "batch" and args.memory:
@@ -802,6 +852,37 @@ def main() -> None:
         if scenario.storm:
             record["ideal_s"] = scenario.items / STORM_RATE
         record["peak_rss"] = peak_rss()
+    print(json.dumps(record))
+
+
+def main_quota(scenario: Scenario, args: argparse.Namespace, parser: Any) -> None:
+    """The ``quota-tpm`` scenario: one case against a fresh emulator, after a warm-up."""
+    if args.impl not in QUOTA_IMPLS:
+        parser.error(f"scenario {scenario.name} runs with --impl {' or '.join(QUOTA_IMPLS)}")
+    if args.memory:
+        parser.error(f"scenario {scenario.name} has no --memory run")
+    items = scenario.items if args.items is None else args.items
+    import async_batch_llm
+    import async_batch_llm.llm_strategies  # imported before the clock
+
+    record: dict[str, Any] = {
+        "scenario": scenario.name,
+        "impl": args.impl,
+        "items": items,
+        "workers": scenario.workers,
+        "python": sys.version.split()[0],
+        "version": _version(),
+        "package": os.path.dirname(async_batch_llm.__file__),
+    }
+    warmup = 50 if args.warmup is None else args.warmup
+    if warmup:
+        # The same code paths against an emulator without limits (nothing learned carries
+        # over: every case builds a new processor, strategy and emulator).
+        asyncio.run(run_case(args.impl, make_job(warmup, seed=1), scenario.workers, False))
+    record.update(asyncio.run(run_case(args.impl, make_job(items), scenario.workers, True)))
+    record["items_per_s"] = record["results"] / record["wall_s"]
+    record["us_per_item"] = record["wall_s"] / record["results"] * 1e6
+    record["peak_rss"] = peak_rss()
     print(json.dumps(record))
 
 

@@ -37,6 +37,7 @@ from async_batch_llm import (
     RetryState,
     TokenUsage,
 )
+from async_batch_llm.observers import ExtendedEvent
 from async_batch_llm.testing.clock import FakeClock
 
 T = TypeVar("T")
@@ -177,7 +178,7 @@ class ScriptedStrategy(LLMCallStrategy[str]):
 
 
 class EventRecorder(BaseObserver):
-    """Keeps every event it receives, in order."""
+    """Keeps every event it receives, in order (the 0.6.0 events: see FullEventRecorder)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[ProcessingEvent, dict[str, Any]]] = []
@@ -190,6 +191,25 @@ class EventRecorder(BaseObserver):
         return [data for kind, data in self.events if kind is event]
 
     def kinds(self) -> list[ProcessingEvent]:
+        return [kind for kind, _ in self.events]
+
+
+class FullEventRecorder(BaseObserver):
+    """Keeps every event in order, the ones added after 0.6.0 (ExtendedEvent) included."""
+
+    extended_events = True
+
+    def __init__(self) -> None:
+        self.events: list[tuple[ProcessingEvent | ExtendedEvent, dict[str, Any]]] = []
+
+    async def on_event(self, event: ProcessingEvent | ExtendedEvent, data: dict[str, Any]) -> None:
+        self.events.append((event, dict(data)))
+
+    def of(self, event: ProcessingEvent | ExtendedEvent) -> list[dict[str, Any]]:
+        """The payloads of every ``event`` received, in order."""
+        return [data for kind, data in self.events if kind is event]
+
+    def kinds(self) -> list[ProcessingEvent | ExtendedEvent]:
         return [kind for kind, _ in self.events]
 
 

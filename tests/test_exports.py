@@ -71,6 +71,8 @@ BEYOND_ALL = {
     "GuardrailConfig": "async_batch_llm.core",
     "BatchTermination": "async_batch_llm.base",
     "RichProgressObserver": "async_batch_llm.observers",
+    "OpenTelemetryObserver": "async_batch_llm.observers",
+    "ExtendedEvent": "async_batch_llm.observers",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
@@ -186,11 +188,19 @@ MODULE_MAP: dict[str, list[str]] = {
         "ProcessorObserver",
         "BaseObserver",
         "ProcessingEvent",
+        "ExtendedEvent",
         "MetricsObserver",
+        "OpenTelemetryObserver",
         "RichProgressObserver",
     ],
-    "async_batch_llm.observers.base": ["ProcessingEvent", "ProcessorObserver", "BaseObserver"],
+    "async_batch_llm.observers.base": [
+        "ProcessingEvent",
+        "ProcessorObserver",
+        "BaseObserver",
+        "ExtendedEvent",
+    ],
     "async_batch_llm.observers.metrics": ["MetricsObserver"],
+    "async_batch_llm.observers.otel": ["OpenTelemetryObserver"],
     "async_batch_llm.observers.progress": ["RichProgressObserver"],
     "async_batch_llm.middleware": ["Middleware", "BaseMiddleware"],
     "async_batch_llm.middleware.base": ["Middleware", "BaseMiddleware"],

@@ -57,12 +57,19 @@ async def feed(
 def test_module_exports() -> None:
     assert observers_pkg.__all__ == [
         "BaseObserver",
+        "ExtendedEvent",
         "MetricsObserver",
+        "OpenTelemetryObserver",
         "ProcessingEvent",
         "ProcessorObserver",
         "RichProgressObserver",
     ]
-    assert observers_base.__all__ == ["BaseObserver", "ProcessingEvent", "ProcessorObserver"]
+    assert observers_base.__all__ == [
+        "BaseObserver",
+        "ExtendedEvent",
+        "ProcessingEvent",
+        "ProcessorObserver",
+    ]
     assert observers_metrics.__all__ == ["MetricsObserver"]
     assert observers_base.ProcessingEvent is ProcessingEvent
     assert observers_metrics.MetricsObserver is MetricsObserver
@@ -81,6 +88,17 @@ def test_processing_event_members_values_and_order() -> None:
         ("BATCH_STARTED", "batch_started"),
         ("BATCH_COMPLETED", "batch_completed"),
     ]
+
+
+def test_events_added_after_0_6_0_are_a_separate_enum_only_observers_opt_into() -> None:
+    from async_batch_llm.observers import BaseObserver, ExtendedEvent, OpenTelemetryObserver
+
+    assert [(e.name, e.value) for e in ExtendedEvent] == [
+        ("ATTEMPT_FAILED", "attempt_failed"),
+        ("BATCH_ABORTED", "batch_aborted"),
+    ]
+    assert BaseObserver.extended_events is False
+    assert OpenTelemetryObserver.extended_events is True
 
 
 def test_processing_event_is_a_plain_enum_not_a_str() -> None:

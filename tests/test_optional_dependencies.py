@@ -52,6 +52,7 @@ SDK_ROOTS = [
     "prometheus_client",
     "click",
     "rich",
+    "opentelemetry",
 ]
 
 # Runs in the child. Imports every module of the package, records what got loaded, then tries
@@ -100,6 +101,7 @@ if INTEGRATIONS_PLACEHOLDER:
         AnthropicErrorClassifier, GeminiErrorClassifier, OpenAIErrorClassifier,
     )
     from async_batch_llm.models import GeminiCachedModel, GeminiModel
+    from async_batch_llm.observers import OpenTelemetryObserver
     from async_batch_llm.testing import MockAgent, mock_strategy
 
     attempts = {
@@ -113,6 +115,7 @@ if INTEGRATIONS_PLACEHOLDER:
         "GeminiCachedStrategy": lambda: GeminiCachedStrategy("gemini-2.5-flash", None, []),
         "OpenAIStrategy": lambda: OpenAIStrategy(None, "gpt-4o-mini"),
         "AnthropicStrategy": lambda: AnthropicStrategy(None, "claude-sonnet-4-5"),
+        "OpenTelemetryObserver": lambda: OpenTelemetryObserver(),
     }
     errors = {}
     for name, build in attempts.items():
@@ -226,6 +229,11 @@ def test_without_the_sdks_the_package_imports_and_integrations_name_their_extra(
             "ImportError",
             "anthropic is required for AnthropicStrategy; "
             "install it with: pip install 'async-batch-llm[anthropic]'",
+        ],
+        "OpenTelemetryObserver": [
+            "ImportError",
+            "OpenTelemetryObserver needs opentelemetry-api; "
+            "install it with: pip install 'async-batch-llm[otel]'",
         ],
     }
     assert report["classified"] == {

@@ -20,10 +20,12 @@ from async_batch_llm import (
     TokenUsage,
     WorkItemResult,
 )
-from async_batch_llm.testing.clock import FakeClock
+from async_batch_llm.observers import ExtendedEvent
+from async_batch_llm.testing.clock import FakeClock, wait_all_tasks_blocked
 from tests.conftest import (
     USAGE,
     EventRecorder,
+    FullEventRecorder,
     RateLimitError,
     ScriptedStrategy,
     items,
@@ -33,6 +35,7 @@ from tests.conftest import (
 )
 
 E = ProcessingEvent
+X = ExtendedEvent
 
 
 async def test_event_sequence_and_payloads_of_a_simple_batch() -> None:
@@ -108,11 +111,13 @@ async def test_item_completed_reports_attempt_duration_and_int_tokens(
     processor = make_processor(fake_clock, observers=[recorder])
     await run_batch(processor, items(strategy, "a"), fake_clock)
     (completed,) = recorder.of(E.ITEM_COMPLETED)
-    assert set(completed) == {"item_id", "duration", "tokens"}
+    # The 0.6.0 keys, and the attempt's input/output tokens added after it.
+    assert set(completed) == {"item_id", "duration", "tokens", "input_tokens", "output_tokens"}
     assert completed["item_id"] == "a"
     assert completed["duration"] == 2.5
     assert completed["tokens"] == 15
     assert type(completed["tokens"]) is int
+    assert (completed["input_tokens"], completed["output_tokens"]) == (10, 5)
 
 
 async def test_item_completed_tokens_default_to_zero_without_total() -> None:
@@ -400,7 +405,8 @@ async def test_every_observer_receives_the_same_sequence(fake_clock: FakeClock) 
     )
     await run_batch(processor, items(strategy, "rl", "bad", "ok"), fake_clock)
     assert first.events == second.events
-    assert set(first.kinds()) == set(ProcessingEvent)  # all ten kinds occurred
+    # Every 0.6.0 kind occurred, and nothing else: these observers did not ask for more.
+    assert set(first.kinds()) == set(ProcessingEvent)
 
 
 async def test_event_payloads_use_plain_types() -> None:
@@ -410,3 +416,118 @@ async def test_event_payloads_use_plain_types() -> None:
         assert type(data) is dict
         assert all(type(key) is str for key in data)
     assert recorder.of(E.ITEM_COMPLETED)[0]["tokens"] == USAGE["total_tokens"]
+
+
+# ------------------------------------------------------------- events added after 0.6.0
+
+
+async def test_events_added_after_0_6_0_reach_only_observers_that_ask(
+    fake_clock: FakeClock,
+) -> None:
+    plain, full = EventRecorder(), FullEventRecorder()
+    strategy = ScriptedStrategy({"a": [ConnectionError("x")]}, clock=fake_clock)
+    processor = make_processor(fake_clock, observers=[plain, full])
+    await run_batch(processor, items(strategy, "a"), fake_clock)
+    assert X.ATTEMPT_FAILED in full.kinds()
+    assert all(isinstance(kind, ProcessingEvent) for kind in plain.kinds())
+    # Apart from the added events, both saw the same sequence.
+    assert [e for e in full.events if isinstance(e[0], ProcessingEvent)] == plain.events
+
+
+async def test_attempt_failed_reports_every_failed_attempt_as_it_ends(
+    fake_clock: FakeClock,
+) -> None:
+    recorder = FullEventRecorder()
+    failed_usage: TokenUsage = {"input_tokens": 4, "output_tokens": 1, "total_tokens": 5}
+    cut = ConnectionError("cut")
+    cut.__dict__["_failed_token_usage"] = failed_usage
+    strategy = ScriptedStrategy({"a": [RateLimitError(), cut, ValueError("bad")]})
+    processor = make_processor(fake_clock, observers=[recorder])
+    result = await run_batch(processor, items(strategy, "a"), fake_clock)
+    assert result.failed == 1
+    assert recorder.of(X.ATTEMPT_FAILED) == [
+        {
+            "item_id": "a",
+            "worker_id": 0,
+            "attempt": attempt,
+            "error_type": error_type,
+            "retryable": retryable,
+            "rate_limit": rate_limit,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "tokens": tokens,
+            "skipped": False,
+        }
+        for attempt, error_type, retryable, rate_limit, input_tokens, output_tokens, tokens in [
+            (1, "RateLimitError", True, True, 0, 0, 0),
+            (2, "ConnectionError", True, False, 4, 1, 5),
+            (3, "ValueError", False, False, 0, 0, 0),
+        ]
+    ]
+    kinds = recorder.kinds()
+    # Each ends its attempt: before the rate limit's cooldown, before the next ITEM_STARTED.
+    first = kinds.index(X.ATTEMPT_FAILED)
+    assert kinds[first + 1] is E.RATE_LIMIT_HIT
+    assert kinds.count(E.ITEM_STARTED) == kinds.count(X.ATTEMPT_FAILED) == 3
+    assert kinds.index(E.ITEM_FAILED) > len(kinds) - 1 - kinds[::-1].index(X.ATTEMPT_FAILED)
+
+
+async def test_attempt_events_name_the_strategys_model() -> None:
+    class Named(ScriptedStrategy):
+        model = "m-1"
+
+    recorder = FullEventRecorder()
+    strategy = Named({"a": [ConnectionError("x")]})
+    config = make_config(retry_initial_wait=0.001)
+    await run_batch(make_processor(config=config, observers=[recorder]), items(strategy, "a"))
+    assert recorder.of(X.ATTEMPT_FAILED)[0]["model"] == "m-1"
+    assert recorder.of(E.ITEM_COMPLETED)[0]["model"] == "m-1"
+
+
+async def test_a_middleware_skip_ends_its_attempt_with_attempt_failed() -> None:
+    class SkipAll(BaseMiddleware[str, str, Any]):
+        async def before_process(
+            self, work_item: LLMWorkItem[str, str, Any]
+        ) -> LLMWorkItem[str, str, Any] | None:
+            return None
+
+    recorder = FullEventRecorder()
+    processor = make_processor(observers=[recorder], middlewares=[SkipAll()])
+    await run_batch(processor, items(ScriptedStrategy(), "a"))
+    (skipped,) = recorder.of(X.ATTEMPT_FAILED)
+    assert skipped["error_type"] == "SkippedByMiddleware"
+    assert (skipped["skipped"], skipped["retryable"], skipped["attempt"]) == (True, False, 1)
+
+
+async def test_batch_aborted_is_emitted_when_the_batch_is_cancelled() -> None:
+    recorder = FullEventRecorder()
+    gate = asyncio.Event()
+    strategy = ScriptedStrategy(gate=gate)
+    processor = make_processor(observers=[recorder])
+    for item in items(strategy, "a", "b"):
+        await processor.add_work(item)
+    task = asyncio.create_task(processor.process_all())
+    await wait_all_tasks_blocked()
+    assert len(strategy.calls) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (aborted,) = recorder.of(X.BATCH_ABORTED)
+    assert set(aborted) == {"processed", "total", "duration", "error_type"}
+    assert (aborted["processed"], aborted["total"]) == (0, 2)
+    assert aborted["error_type"] == "CancelledError"
+    assert aborted["duration"] >= 0
+    assert recorder.kinds()[-1] is X.BATCH_ABORTED
+    assert recorder.of(E.BATCH_COMPLETED) == []
+
+
+async def test_a_strategy_model_property_that_raises_costs_nothing() -> None:
+    class Broken(ScriptedStrategy):
+        @property
+        def model(self) -> str:
+            raise RuntimeError("no model")
+
+    recorder = FullEventRecorder()
+    result = await run_batch(make_processor(observers=[recorder]), items(Broken(), "a"))
+    assert result.succeeded == 1
+    assert "model" not in recorder.of(E.ITEM_COMPLETED)[0]

@@ -259,6 +259,8 @@ async def test_raising_observer_loses_nothing() -> None:
     processor = make_processor(observers=[raising, recorder])
     result = await run_batch(processor, items(strategy, "a", "b"))
     assert [(r.item_id, r.success) for r in result.results] == [("a", True), ("b", False)]
+    # BATCH_STARTED, WORKER_STARTED, ITEM_STARTED, ITEM_COMPLETED, ITEM_STARTED, ITEM_FAILED,
+    # WORKER_STOPPED, BATCH_COMPLETED.
     assert raising.calls == len(recorder.events) == 8
     assert _without_timing(recorder.events) == _without_timing(await _reference_events())
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from async_batch_llm import RichProgressObserver
+from async_batch_llm import GuardrailConfig, RichProgressObserver, TokenUsage
 from async_batch_llm._internal.progress import (
     ProgressTracker,
+    format_cost,
     format_duration,
     format_line,
 )
@@ -22,7 +23,14 @@ from async_batch_llm.observers import ProcessingEvent
 from async_batch_llm.observers import RichProgressObserver as FromObservers
 from async_batch_llm.testing.clock import FakeClock
 
-from .conftest import RateLimitError, ScriptedStrategy, items, make_processor, run_batch
+from .conftest import (
+    RateLimitError,
+    ScriptedStrategy,
+    items,
+    make_config,
+    make_processor,
+    run_batch,
+)
 
 E = ProcessingEvent
 
@@ -277,3 +285,97 @@ def test_limits_reported_by_the_quota_gate_are_shown_for_a_single_scope() -> Non
     other = {"quota_scope": "anthropic:m", "quota_limits": {"requests": 50}}
     feed(tracker, (2.0, E.ITEM_FAILED, {"item_id": "b", **other}))
     assert tracker.snapshot(2.0).max_requests_per_minute is None  # two scopes: no one figure
+
+
+# ---------------------------------------------------------------------------------- spend
+
+
+def test_spend_and_projection_come_from_the_cost_of_item_events() -> None:
+    tracker = ProgressTracker()
+    feed(tracker, (0.0, E.BATCH_STARTED, {"total": 10}))
+    assert tracker.snapshot(0.0).spend is None  # nothing priced yet
+    feed(
+        tracker,
+        (1.0, E.ITEM_COMPLETED, {"item_id": "a", "cost": 0.25}),
+        (1.0, E.ITEM_FAILED, {"item_id": "b", "cost": 0.05}),
+        # Replayed or never started: finished, but no cost of this run to average.
+        (1.0, E.ITEM_COMPLETED, {"item_id": "c", "replayed": True}),
+        (1.0, E.ITEM_STARTED, {"item_id": "d", "cost": 9.0}),  # not an item end
+    )
+    snap = tracker.snapshot(1.0)
+    assert snap.spend == pytest.approx(0.30)
+    # $0.15 per priced item, 7 items left: 0.30 + 7 * 0.15.
+    assert snap.projected_cost == pytest.approx(1.35)
+    feed(tracker, (2.0, E.BATCH_COMPLETED, {}))
+    done = tracker.snapshot(2.0)
+    assert done.projected_cost == done.spend == pytest.approx(0.30)
+
+
+def test_no_projection_without_a_total_and_bad_costs_are_ignored() -> None:
+    tracker = ProgressTracker()
+    feed(
+        tracker,
+        (0.0, E.BATCH_STARTED, {"total": 0}),
+        (1.0, E.ITEM_COMPLETED, {"item_id": "a", "cost": 0.5}),
+        (1.0, E.ITEM_COMPLETED, {"item_id": "b", "cost": float("nan")}),
+        (1.0, E.ITEM_COMPLETED, {"item_id": "c", "cost": -1}),
+        (1.0, E.ITEM_COMPLETED, {"item_id": "d", "cost": True}),
+    )
+    snap = tracker.snapshot(1.0)
+    assert snap.spend == 0.5
+    assert snap.projected_cost is None
+
+
+@pytest.mark.parametrize(
+    ("dollars", "text"),
+    [(None, "—"), (0.0, "$0.000000"), (0.000045, "$0.000045"), (0.0123, "$0.0123"),
+     (1234.567, "$1,234.57")],
+)  # fmt: skip
+def test_format_cost(dollars: float | None, text: str) -> None:
+    assert format_cost(dollars) == text
+
+
+def test_a_line_shows_spend_and_projection_once_priced() -> None:
+    tracker = ProgressTracker(total=4)
+    feed(
+        tracker,
+        (0.0, E.BATCH_STARTED, {}),
+        (2.0, E.ITEM_COMPLETED, {"item_id": "a", "tokens": 10, "cost": 0.02}),
+    )
+    assert format_line(tracker.snapshot(2.0)) == (
+        "items 1/4 (25%) | ok 1 | failed 0 | 0.5 items/s | req/min 0 | tok/min 300 | "
+        "retries 0 | spend $0.0200 (projected $0.0800) | elapsed 2s | ETA 6s"
+    )
+
+
+async def test_the_panel_shows_spend_and_projection() -> None:
+    from rich.console import Console
+
+    now = [0.0]
+    observer = RichProgressObserver(mode="live", file=io.StringIO(), clock=lambda: now[0])
+    await observer.on_event(E.BATCH_STARTED, {"total": 4})
+    screen = io.StringIO()
+    Console(file=screen, width=100).print(observer)
+    assert re.search(r"Spend / projected\s+— / —", screen.getvalue())
+    now[0] = 1.0
+    await observer.on_event(E.ITEM_COMPLETED, {"item_id": "a", "cost": 1.5})
+    screen = io.StringIO()
+    Console(file=screen, width=100).print(observer)
+    observer.close()
+    assert re.search(r"Spend / projected\s+\$1\.50 / \$6\.00", screen.getvalue()), screen.getvalue()
+
+
+async def test_a_priced_batch_ends_with_its_total_cost_in_the_last_line() -> None:
+    log = io.StringIO()
+    observer = RichProgressObserver(mode="lines", file=log, interval=60)
+    strategy = ScriptedStrategy()
+
+    def price(model: str, usage: TokenUsage) -> float:
+        return 0.01 * usage.get("total_tokens", 0)  # 15 tokens a call: $0.15
+
+    config = make_config(guardrails=GuardrailConfig(cost_function=price))
+    processor = make_processor(config=config, observers=[observer])
+    result = await run_batch(processor, items(strategy, "a", "b", "c"))
+    assert result.total_cost == pytest.approx(0.45)
+    last = log.getvalue().splitlines()[-1]
+    assert "| spend $0.4500 (projected $0.4500) |" in last, last

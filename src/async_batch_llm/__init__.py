@@ -48,7 +48,9 @@ from async_batch_llm.middleware import BaseMiddleware, Middleware
 from async_batch_llm.models import GeminiCachedModel, GeminiModel
 from async_batch_llm.observers import (
     BaseObserver,
+    ExtendedEvent,
     MetricsObserver,
+    OpenTelemetryObserver,
     ProcessingEvent,
     ProcessorObserver,
     RichProgressObserver,
@@ -144,6 +146,8 @@ __all__ = [
     "GuardrailConfig",
     "BatchTermination",
     "RichProgressObserver",
+    "OpenTelemetryObserver",
+    "ExtendedEvent",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.

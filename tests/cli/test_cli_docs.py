@@ -72,7 +72,7 @@ def matches(expected: list[str], actual: list[str]) -> bool:
 
 def test_the_page_has_sessions() -> None:
     names = [name for name, _ in sessions()]
-    assert names == ["run", "output", "resume", "status", "malformed"]
+    assert names == ["run", "output", "resume", "status", "dry-run", "budget", "malformed"]
 
 
 def test_every_session_of_the_cli_page_prints_what_it_shows(tmp_path: Path) -> None:
@@ -99,7 +99,16 @@ def test_every_session_of_the_cli_page_prints_what_it_shows(tmp_path: Path) -> N
                     + "\n--- got\n"
                     + done.stdout
                 )
-        # run: 3 calls; resume: none; the non-strict run of bad.jsonl: 1 (its good line).
-        assert server.counts["chat_completions"] == 4
+        calls = server.counts["chat_completions"]
+    # run: 3 calls; resume: none; dry runs: none; the budget run: one per answered line (and
+    # not every line: the budget stopped it); the non-strict run of bad.jsonl: 1 (its good line).
+    budget = [
+        json.loads(line)
+        for line in (tmp_path / "many-results.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    paid = sum(line["error"] is None for line in budget)
+    assert len(budget) == 200
+    assert 0 < paid < 200
+    assert calls == 3 + paid + 1
     answered = (tmp_path / "bad-results.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["custom_id"] for line in answered] == ["a"]

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from async_batch_llm import PriceTable
+from async_batch_llm._internal.progress import format_cost
 from async_batch_llm.artifacts import SqliteArtifactStore
 from async_batch_llm.testing.servers import OpenAIServer, ProviderRequest
 
@@ -99,10 +101,14 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(finished: Finishe
     final = lines[-1]
     assert re.fullmatch(
         rf"\[openai:{MODEL}\] items {LINES}/{LINES} \(100%\) \| ok {LINES} \| failed 0 \| "
-        r"[\d.]+ items/s \| req/min [\d,]+ \| tok/min [\d,]+ \| retries 0 \| spend — \| "
-        r"elapsed \d+s \| done",
+        r"[\d.]+ items/s \| req/min [\d,]+ \| tok/min [\d,]+ \| retries 0 \| "
+        r"spend (\$[\d.]+) \(projected \1\) \| elapsed \d+s \| done",
         final,
     ), final
+    # Every line: 2 input and 3 output tokens at the model's list price.
+    price = PriceTable.default().prices(MODEL)
+    cost = LINES * price.cost({"input_tokens": 2, "output_tokens": 3, "total_tokens": 5})
+    assert f"spend {format_cost(cost)} " in final
     assert "\x1b[" not in finished.outcome.stderr  # no terminal control codes in a log
 
 
@@ -116,11 +122,15 @@ def test_status_agrees_with_the_store(finished: FinishedRun) -> None:
     assert status["failed"] == 0
     assert status["input_tokens"] == sum(r.token_usage["input_tokens"] for r in records.values())
     assert status["output_tokens"] == 3 * LINES
+    costs = [r.cost for r in records.values()]
+    assert None not in costs
+    assert status["cost"] == pytest.approx(sum(c for c in costs if c is not None))
 
     human = cli(["status", str(finished.store)])
     assert human.code == 0
     assert f"items:      {LINES}" in human.stdout
     assert f"succeeded:  {LINES}" in human.stdout
+    assert f"cost:       {format_cost(status['cost'])}" in human.stdout
 
 
 def test_export_writes_what_the_run_wrote(finished: FinishedRun) -> None:

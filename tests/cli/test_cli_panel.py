@@ -9,6 +9,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from async_batch_llm import PriceTable
+from async_batch_llm._internal.progress import format_cost
 from async_batch_llm.testing.servers import OpenAIServer, ProviderRequest
 
 from ._support import MODEL, SCRIPT, child_env, read_lines, threaded, write_input
@@ -36,7 +38,7 @@ def row(frame: str, label: str) -> str:
     return match.group(1)
 
 
-def test_the_live_panel_shows_items_rates_and_eta_in_a_terminal(tmp_path: Path) -> None:
+def test_the_live_panel_shows_items_rates_cost_and_eta_in_a_terminal(tmp_path: Path) -> None:
     total = 30
     source = write_input(tmp_path / "in.jsonl", total)
     out = tmp_path / "out.jsonl"
@@ -83,10 +85,17 @@ def test_the_live_panel_shows_items_rates_and_eta_in_a_terminal(tmp_path: Path) 
     assert re.fullmatch(r"[\d,]+/6,000", row(sample, "Requests/min"))
     assert re.fullmatch(r"[\d,]+/100,000", row(sample, "Tokens/min"))
     assert row(sample, "Cooldown") == "—"
-    assert row(sample, "Spend / projected") == "— / —"
+    spend, projected = (
+        float(part.lstrip("$")) for part in row(sample, "Spend / projected").split(" / ")
+    )
+    assert 0 < spend < projected  # items were left: the projection is above the spend so far
 
     final = drawn[-1]
     assert row(final, "Items") == f"{total}/{total}  (100%)"
     assert row(final, "Succeeded / failed") == f"{total} / 0"
     assert row(final, "ETA") == "done"
+    # The emulator counts words: 2 input and 3 output tokens a line, at the list price.
+    price = PriceTable.default().prices(MODEL)
+    cost = total * price.cost({"input_tokens": 2, "output_tokens": 3, "total_tokens": 5})
+    assert row(final, "Spend / projected") == f"{format_cost(cost)} / {format_cost(cost)}"
     assert len(read_lines(out)) == total

@@ -99,20 +99,124 @@ async def test_requests_are_paced_with_a_burst_of_at_least_one() -> None:
     assert gate.statistics().capacities == {"requests": 1.0}
 
 
-async def test_margin_paces_tokens_below_the_limit_but_not_requests() -> None:
+async def test_margin_is_a_reserve_each_admission_leaves_not_a_slower_rate() -> None:
     clock = FakeClock()
     gate = make_gate(
-        clock, QuotaLimits(requests_per_minute=600, tokens_per_minute=60_000), margin=0.05
+        clock, QuotaLimits(requests_per_minute=1_200, tokens_per_minute=60_000), margin=0.05
     )
     stats = gate.statistics()
-    assert stats.capacities == {"requests": 10.0, "tokens": pytest.approx(950.0)}
+    # Full buckets: 1,000 tokens (1 s at 1,000/s) and 20 requests; the token reserve is 5%.
+    assert stats.capacities == {"requests": 20.0, "tokens": 1_000.0}
     recorder = Recorder(gate, clock)
-    for i in range(200):
-        recorder.start(f"r{i}", 950)
+    for i in range(700):
+        recorder.start(f"r{i}", 100)
+    await wait_all_tasks_blocked()
+    # The tenth 100 would leave 0 < 50 tokens: it waits for the reserve to refill (0.05 s).
+    assert len(recorder.granted) == 9
+    assert level(gate) == pytest.approx(100.0)
+    assert gate.statistics().levels["requests"] == pytest.approx(11.0)  # no reserve for requests
+    await clock.advance(0.25)
+    assert [recorder.granted[f"r{i}"] for i in range(9, 12)] == pytest.approx(
+        [0.05, 0.15, 0.25], abs=1e-9
+    )
+    await clock.advance(59.75)
+    # Then exactly the full limit: 1,000 - 50 + 60 s x 1,000 = 60,950 tokens by t = 60.
+    assert len(recorder.granted) == 609
+    assert level(gate) >= 50.0 - 1e-6
+
+
+class ProviderBucket:
+    """A provider's bucket of the gate's shape: charges the real usage when a call starts."""
+
+    def __init__(self, clock: FakeClock, rate: float, capacity: float) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.capacity = capacity
+        self.level = capacity
+        self.updated = clock.time()
+        self.lowest = capacity
+
+    def charge(self, amount: float) -> None:
+        now = self.clock.time()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate) - amount
+        self.updated = now
+        self.lowest = min(self.lowest, self.level)
+
+
+async def short_estimates_in_flight(margin: float) -> tuple[float, float]:
+    """Two callers reserve 100 tokens, use 140 and report it 50 ms later; (lowest, end time)."""
+    clock = FakeClock()
+    gate = make_gate(clock, margin=margin)  # 1,000 tokens, 1,000/s
+    provider = ProviderBucket(clock, 1_000.0, 1_000.0)
+
+    async def caller() -> None:
+        for _ in range(150):
+            reservation = await gate.reserve(TokenEstimate(100))
+            provider.charge(140)
+            await clock.sleep(0.05)
+            reservation.reconcile({"input_tokens": 140, "output_tokens": 0})
+
+    tasks = [asyncio.create_task(caller()) for _ in range(2)]
+    await clock.run_until_idle()
+    await asyncio.gather(*tasks)
+    return provider.lowest, clock.time()
+
+
+async def test_a_short_estimate_in_flight_is_covered_by_the_reserve() -> None:
+    # The other caller's call is in flight, 40 tokens short, when one is admitted: the 50-token
+    # reserve keeps the provider's bucket from being overdrawn. Without it, it would be.
+    lowest, took = await short_estimates_in_flight(margin=0.05)
+    assert lowest >= -1e-6
+    assert (await short_estimates_in_flight(margin=0.0))[0] < -1.0
+    # Paced at the full rate all the same: 300 calls of 140 real tokens, less the first
+    # second's burst, take 41 s of refill (plus the last call's 50 ms).
+    assert took == pytest.approx((300 * 140 - 1_000) / 1_000 + 0.05, abs=0.1)
+
+
+async def test_try_reserve_takes_what_fits_now_and_never_jumps_the_line() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)  # 1,000 tokens, 1,000/s
+    first = gate.try_reserve(TokenEstimate(600))
+    assert first is not None
+    assert first.estimate == TokenEstimate(600)
+    assert first.waited == 0.0
+    assert gate.try_reserve(TokenEstimate(500)) is None  # 400 left: nothing is taken
+    assert level(gate) == pytest.approx(400.0)
+    recorder = Recorder(gate, clock)
+    recorder.start("waiting", 500)
+    await wait_all_tasks_blocked()
+    assert gate.waiting == 1
+    # 10 tokens would fit, but the waiting caller comes first.
+    assert gate.try_reserve(TokenEstimate(10)) is None
+    with pytest.raises(EstimateTooLargeError):
+        gate.try_reserve(TokenEstimate(70_000))  # above the whole limit: fails even in line
+    await clock.advance(0.1)
+    assert recorder.granted == {"waiting": pytest.approx(0.1)}
+    await clock.advance(0.25)
+    assert gate.try_reserve(TokenEstimate(10)) is not None
+    assert gate.statistics().reservations == 3
+
+
+async def test_used_last_minute_is_counted_per_clock_second() -> None:
+    clock = FakeClock()
+    gate = make_gate(clock)
+    await clock.advance(0.5)
+    (await gate.reserve(TokenEstimate(100))).reconcile(None)
+    await clock.advance(59.25)  # t = 59.75
+    (await gate.reserve(TokenEstimate(50))).reconcile({"input_tokens": 40, "output_tokens": 0})
+    assert gate.statistics().used_last_minute["tokens"] == 140.0
+    # The first grant's second (0 to 1) began a minute ago at t = 60: it leaves the count
+    # then, half a second before a minute has passed since the grant itself.
+    await clock.advance(0.25)
+    stats = gate.statistics()
+    assert stats.used_last_minute == {
+        "requests": 1.0,
+        "tokens": 40.0,
+        "input_tokens": 40.0,
+        "output_tokens": 0.0,
+    }
     await clock.advance(60.0)
-    # One burst of 950 plus 60 s at 950/s: 61 reservations of 950 tokens, never more.
-    assert len(recorder.granted) == 61
-    assert 61 * 950 <= 0.95 * 60_000 + 950
+    assert gate.statistics().used_last_minute["tokens"] == 0.0
 
 
 async def test_one_reservation_above_the_burst_waits_for_a_full_bucket_then_owes_the_rest() -> None:
@@ -368,6 +472,24 @@ async def test_an_estimate_above_a_whole_minute_fails_at_once(
     )
     assert gate.waiting == 0
     assert gate.statistics().reservations == 0
+
+
+async def test_an_estimate_too_large_fails_at_once_even_behind_an_empty_bucket() -> None:
+    # The request bucket (checked first) is empty and a caller waits: the estimate above the
+    # whole token limit still fails at once, neither waiting for the request nor in line.
+    clock = FakeClock()
+    gate = make_gate(clock, QuotaLimits(requests_per_minute=60, tokens_per_minute=1_000))
+    await gate.reserve(TokenEstimate(1))
+    with pytest.raises(EstimateTooLargeError):
+        await gate.reserve(TokenEstimate(5_000))
+    assert gate.waiting == 0
+    queued = asyncio.create_task(gate.reserve(TokenEstimate(1)))
+    await wait_all_tasks_blocked()
+    with pytest.raises(EstimateTooLargeError):
+        await gate.reserve(TokenEstimate(5_000))
+    assert gate.waiting == 1  # only the queued caller
+    await clock.advance(1.0)
+    assert (await queued).granted_at == pytest.approx(1.0)
 
 
 async def test_an_estimate_of_exactly_one_minute_is_admitted() -> None:

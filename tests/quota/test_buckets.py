@@ -201,6 +201,38 @@ def test_resize_keeps_the_level_below_the_new_capacity_and_keeps_debt() -> None:
     assert bucket.refill(2.0) == -12.0
 
 
+def test_an_admission_leaves_the_reserve_in_the_bucket() -> None:
+    bucket = TokenBucket(rate=100.0, capacity=100.0, now=0.0, reserve=5.0)
+    assert bucket.reserve == 5.0
+    assert bucket.admission_need(30.0) == 35.0
+    bucket.take(70.0, 0.0)
+    assert bucket.time_until_admissible(30.0, 0.0) == pytest.approx(0.05)
+    assert bucket.time_until_admissible(25.0, 0.0) == 0.0
+    # What does not fit with its reserve waits for a full bucket (the oversize rule).
+    assert bucket.admission_need(98.0) == 100.0
+    assert bucket.time_until_admissible(98.0, 0.0) == pytest.approx(0.7)
+    # The reserve never slows the refill.
+    assert bucket.refill(0.5) == 80.0
+
+
+def test_resize_replaces_the_reserve() -> None:
+    bucket = TokenBucket(rate=10.0, capacity=100.0, now=0.0, reserve=5.0)
+    bucket.resize(rate=20.0, capacity=200.0, now=0.0, reserve=10.0)
+    assert bucket.reserve == 10.0
+    bucket.resize(rate=20.0, capacity=200.0, now=0.0)
+    assert bucket.reserve == 0.0
+    assert "reserve" not in repr(bucket)
+
+
+@pytest.mark.parametrize("reserve", [-1.0, 10.0, 11.0, math.nan, math.inf])
+def test_the_reserve_must_be_below_the_capacity(reserve: float) -> None:
+    with pytest.raises(ValueError, match=r"reserve must be >= 0 and < capacity \(10.0\)"):
+        TokenBucket(1.0, 10.0, now=0.0, reserve=reserve)
+    bucket = TokenBucket(1.0, 10.0, now=0.0)
+    with pytest.raises(ValueError, match="reserve must be"):
+        bucket.resize(1.0, 10.0, 0.0, reserve=reserve)
+
+
 @pytest.mark.parametrize(
     ("rate", "capacity"),
     [(0.0, 1.0), (-1.0, 1.0), (math.inf, 1.0), (math.nan, 1.0), (1.0, 0.0), (1.0, math.inf)],
@@ -243,3 +275,36 @@ def test_snapshot_level_is_a_debt_when_the_provider_refills_slowly() -> None:
     level = snapshot_level(0, 360.0, 60_000, 1000.0)
     assert level == pytest.approx(-300_000.0)
     assert level + 1000.0 * 360.0 == pytest.approx(60_000.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.floats(min_value=1.0, max_value=1e6),
+    rate=st.floats(min_value=0.1, max_value=1e6),
+    level_share=st.floats(min_value=-2.0, max_value=1.0),
+    reserve_share=st.floats(min_value=0.0, max_value=0.5),
+    amount_share=st.floats(min_value=0.0, max_value=3.0),
+    elapsed=st.floats(min_value=0.0, max_value=10.0),
+)
+def test_admits_agrees_with_time_until_admissible(
+    capacity: float,
+    rate: float,
+    level_share: float,
+    reserve_share: float,
+    amount_share: float,
+    elapsed: float,
+) -> None:
+    def bucket() -> TokenBucket:
+        return TokenBucket(
+            rate,
+            capacity,
+            now=0.0,
+            level=capacity * level_share,
+            reserve=capacity * reserve_share,
+        )
+
+    amount = capacity * amount_share
+    expected = bucket().time_until_admissible(amount, elapsed) == 0.0
+    checked = bucket()
+    assert checked.admits(amount, elapsed) is expected
+    assert checked.level == pytest.approx(bucket().refill(elapsed))

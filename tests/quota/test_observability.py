@@ -57,7 +57,8 @@ def by_item(recorder: EventRecorder, event: ProcessingEvent) -> dict[str, dict[s
 async def test_item_completed_carries_the_wait_and_the_gates_snapshot(
     fake_clock: FakeClock,
 ) -> None:
-    # 950 tokens a second after the margin, 950 per item: one item a second, the first at once.
+    # 1,000 tokens a second; each admission leaves the 50-token reserve (5% of the one-second
+    # bucket) in the bucket, so an item of 950 goes every 0.95 s, the first at once.
     strategy = ScriptedStrategy(clock=fake_clock, usage=usage_of(950))
     recorder = EventRecorder()
     config = make_config(max_workers=4, max_tokens_per_minute=TPM, token_estimator=fixed(950))
@@ -66,7 +67,7 @@ async def test_item_completed_carries_the_wait_and_the_gates_snapshot(
 
     completed = by_item(recorder, ProcessingEvent.ITEM_COMPLETED)
     waits = sorted(data["admission_wait"] for data in completed.values())
-    assert waits == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert waits == pytest.approx([0.0, 0.95, 1.9, 2.85, 3.8])
     last = max(completed.values(), key=lambda data: data["admission_wait"])
     assert last["quota_scope"] == "default"
     assert last["quota_limits"] == {"tokens": 60_000.0}
@@ -76,8 +77,8 @@ async def test_item_completed_carries_the_wait_and_the_gates_snapshot(
         "input_tokens": 4_750.0,
         "output_tokens": 0.0,
     }
-    # The gate was made at t=0 and started full (one second of refill): 5 s covered at t=4.
-    assert last["quota_window"] == pytest.approx(5.0)
+    # The gate was made at t=0 and started full (one second of refill): 4.8 s covered at 3.8.
+    assert last["quota_window"] == pytest.approx(4.8)
     first = min(completed.values(), key=lambda data: data["admission_wait"])
     assert first["quota_used"]["tokens"] == 950.0
     assert first["quota_window"] == pytest.approx(1.0)
@@ -217,7 +218,8 @@ async def test_usage_leaves_the_snapshot_after_a_minute(fake_clock: FakeClock) -
 
 
 async def test_metrics_observer_records_waits_and_rates_per_scope(fake_clock: FakeClock) -> None:
-    # "a": 60,000 tokens a minute, 950 per item (one a second). "b": 120 requests a minute,
+    # "a": 60,000 tokens a minute, 950 per item (one every 0.95 s: the 50-token reserve stays in
+    # the bucket). "b": 120 requests a minute,
     # no token limit (two a second, a burst of two).
     a = ScopeA(clock=fake_clock, usage=usage_of(950))
     b = ScopeB(clock=fake_clock, usage=usage_of(10))
@@ -237,22 +239,22 @@ async def test_metrics_observer_records_waits_and_rates_per_scope(fake_clock: Fa
     assert snapshot["items_succeeded"] == 9
     quota = snapshot["quota"]
     assert list(quota) == ["a", "b"] or list(quota) == ["b", "a"]
-    assert quota["a"]["admission_wait_total"] == pytest.approx(0 + 1 + 2 + 3 + 4)
+    assert quota["a"]["admission_wait_total"] == pytest.approx(0 + 0.95 + 1.9 + 2.85 + 3.8)
     assert quota["a"]["admission_wait_count"] == 5
-    assert quota["a"]["avg_admission_wait"] == pytest.approx(2.0)
-    # At t=4, 5 reservations of 950 over 5 s: 57,000 a minute, 95% of the limit.
-    assert quota["a"]["tokens_per_minute"] == pytest.approx(57_000.0)
+    assert quota["a"]["avg_admission_wait"] == pytest.approx(1.9)
+    # At t=3.8, 5 reservations of 950 over 4.8 s: 59,375 a minute, 99% of the limit.
+    assert quota["a"]["tokens_per_minute"] == pytest.approx(59_375.0)
     assert quota["a"]["tokens_per_minute_limit"] == 60_000.0
-    assert quota["a"]["requests_per_minute"] == pytest.approx(60.0)
+    assert quota["a"]["requests_per_minute"] == pytest.approx(5 * 60 / 4.8)
     assert quota["a"]["requests_per_minute_limit"] is None
     # "b": calls at 0, 0, 0.5, 1.0; waits 0 + 0 + 0.5 + 1.0.
     assert quota["b"]["admission_wait_total"] == pytest.approx(1.5)
     assert quota["b"]["requests_per_minute"] == pytest.approx(4 * 60 / 2.0)
     assert quota["b"]["requests_per_minute_limit"] == 120.0
     assert quota["b"]["tokens_per_minute_limit"] is None
-    assert snapshot["admission_wait_total"] == pytest.approx(11.5)
+    assert snapshot["admission_wait_total"] == pytest.approx(11.0)
     assert snapshot["admission_wait_count"] == 9
-    assert snapshot["avg_admission_wait"] == pytest.approx(11.5 / 9)
+    assert snapshot["avg_admission_wait"] == pytest.approx(11.0 / 9)
 
 
 def quota_event(scope: str, wait: float, **extra: Any) -> dict[str, Any]:

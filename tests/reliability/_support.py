@@ -39,6 +39,7 @@ from async_batch_llm import (
     TokenUsage,
     WorkItemResult,
 )
+from async_batch_llm.observers import ExtendedEvent
 from async_batch_llm.testing.clock import FakeClock
 
 T = TypeVar("T")
@@ -320,13 +321,15 @@ class ScriptedStrategy(LLMCallStrategy[str]):
 
 
 class EventCounter(ProcessorObserver):
-    """Counts events, and ``ITEM_FAILED`` per item."""
+    """Counts events (the added ``ExtendedEvent`` ones too), and ``ITEM_FAILED`` per item."""
+
+    extended_events = True
 
     def __init__(self) -> None:
-        self.counts: Counter[ProcessingEvent] = Counter()
+        self.counts: Counter[ProcessingEvent | ExtendedEvent] = Counter()
         self.failed_items: Counter[str] = Counter()
 
-    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+    async def on_event(self, event: ProcessingEvent | ExtendedEvent, data: dict[str, Any]) -> None:
         self.counts[event] += 1
         if event is ProcessingEvent.ITEM_FAILED:
             self.failed_items[data["item_id"]] += 1
@@ -647,6 +650,10 @@ def assert_batch_matches_oracle(run: BatchRun) -> None:
     assert run.events.failed_items == Counter(failed_ids)
     assert counts[ProcessingEvent.ITEM_STARTED] == sum(run.log.calls.values())
     assert counts[ProcessingEvent.ITEM_COMPLETED] == result.succeeded
+    # Every attempt ends in exactly one ITEM_COMPLETED or ATTEMPT_FAILED.
+    assert counts[ProcessingEvent.ITEM_STARTED] == (
+        counts[ProcessingEvent.ITEM_COMPLETED] + counts[ExtendedEvent.ATTEMPT_FAILED]
+    )
     rate_limited = sum(
         1
         for plan in plans

@@ -26,6 +26,7 @@ _MAIN_HELP = """Run a JSON Lines file of LLM requests through a provider, from t
   async-batch-llm run requests.jsonl --provider openai --model gpt-4o-mini \\
       --out results.jsonl --store run.db
   async-batch-llm run requests.jsonl ... --store run.db --resume   # after a crash
+  async-batch-llm run requests.jsonl ... --dry-run                 # estimate the cost
   async-batch-llm status run.db
   async-batch-llm export run.db --out results.jsonl
 
@@ -59,6 +60,7 @@ def store_status(path: Path) -> dict[str, Any]:
     items = succeeded = failed = 0
     tokens: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    cost: float | None = None
     last = 0.0
     with SqliteArtifactStore(path) as store:
         for record in store.iter_latest():
@@ -70,6 +72,8 @@ def store_status(path: Path) -> dict[str, Any]:
                 errors[record.error_category or "request_failed"] += 1
             for name in ("input_tokens", "output_tokens", "cached_input_tokens"):
                 tokens[name] += int(record.token_usage.get(name, 0))
+            if record.cost is not None:
+                cost = (cost or 0.0) + record.cost
             last = max(last, record.created_at)
     return {
         "store": str(path),
@@ -80,6 +84,7 @@ def store_status(path: Path) -> dict[str, Any]:
         "output_tokens": tokens["output_tokens"],
         "cached_input_tokens": tokens["cached_input_tokens"],
         "errors": dict(sorted(errors.items())),
+        "cost": cost,
         "last_result_at": last or None,
     }
 
@@ -107,6 +112,16 @@ def _existing_store(value: str) -> Path:
     return path
 
 
+def _finite(ctx: Any, param: Any, value: float | None) -> float | None:
+    import math
+
+    import click
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of dollars")
+    return value
+
+
 def _format_status(status: dict[str, Any]) -> str:
     import datetime
 
@@ -120,6 +135,10 @@ def _format_status(status: dict[str, Any]) -> str:
     ]
     for category, count in status["errors"].items():
         lines.append(f"  {category}: {count}")
+    if status["cost"] is not None:
+        from async_batch_llm._cli.costs import format_dollars
+
+        lines.append(f"cost:       {format_dollars(status['cost'])}")
     if status["last_result_at"]:
         when = datetime.datetime.fromtimestamp(status["last_result_at"], tz=datetime.UTC)
         lines.append(f"last result: {when:%Y-%m-%d %H:%M:%S} UTC")
@@ -195,6 +214,19 @@ def build_cli() -> click.Group:
         is_flag=True,
         help="Do not ask the server whether it knows --model before the run.",
     )
+    @click.option(
+        "--max-cost",
+        type=click.FloatRange(min=0, min_open=True),
+        callback=_finite,
+        metavar="USD",
+        help="Stop starting calls before the run's cost at --model's list price would pass "
+        "USD; the lines not run fail with error code budget_exceeded (exit code 1).",
+    )
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Estimate the tokens and the cost of the whole input and call nothing.",
+    )
     def run_command(
         input_path: str,
         provider: str,
@@ -209,6 +241,8 @@ def build_cli() -> click.Group:
         strict: bool,
         progress: str,
         no_model_check: bool,
+        max_cost: float | None,
+        dry_run: bool,
     ) -> None:
         options = RunOptions(
             input=Path(input_path).expanduser(),
@@ -224,6 +258,8 @@ def build_cli() -> click.Group:
             strict=strict,
             progress=progress,
             check_model=not no_model_check,
+            max_cost=max_cost,
+            dry_run=dry_run,
         )
         sys.exit(run(options))
 
@@ -231,7 +267,7 @@ def build_cli() -> click.Group:
     @click.argument("store", metavar="RUN.db", type=_existing_store)
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
     def status_command(store: Path, as_json: bool) -> None:
-        """Show how many results RUN.db holds: succeeded, failed, tokens."""
+        """Show how many results RUN.db holds: succeeded, failed, tokens, cost."""
         try:
             status = store_status(store)
         except ArtifactStoreError as exc:

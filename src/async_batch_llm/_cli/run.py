@@ -16,6 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from async_batch_llm._cli.costs import (
+    ModelPriceError,
+    dry_run_report,
+    estimate_requests,
+    format_dollars,
+    model_cost_function,
+    price_table,
+    stop_message,
+)
 from async_batch_llm._cli.inputs import (
     InputFileError,
     Request,
@@ -23,7 +32,7 @@ from async_batch_llm._cli.inputs import (
     iter_requests,
     scan_input,
 )
-from async_batch_llm._cli.output import result_output_line
+from async_batch_llm._cli.output import output_line, result_output_line
 from async_batch_llm._cli.providers import (
     PROVIDERS,
     ModelCheckError,
@@ -42,7 +51,9 @@ from async_batch_llm._internal.artifacts.records import (
     item_fingerprint,
     strategy_identity,
 )
+from async_batch_llm._types import BatchTermination
 from async_batch_llm.core.config import ProcessorConfig
+from async_batch_llm.core.guardrails import GuardrailConfig
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "RunOptions", "UsageError", "run"]
 
@@ -81,6 +92,8 @@ class RunOptions:
     strict: bool = False
     progress: str = "auto"
     check_model: bool = True
+    max_cost: float | None = None
+    dry_run: bool = False
 
 
 def say(message: str) -> None:
@@ -89,11 +102,25 @@ def say(message: str) -> None:
 
 
 def processor_config(options: RunOptions) -> ProcessorConfig:
-    """The processor configuration of a run (new run options add their fields here)."""
+    """The processor configuration of a run (new run options add their fields here).
+
+    Calls are priced at ``--model``'s list price when the price table knows it (results and
+    the store then carry ``cost``, the panel shows the spend); ``--max-cost`` caps the total.
+
+    Raises:
+        ModelPriceError: ``--max-cost`` with a model the price table does not know.
+    """
+    cost_function = model_cost_function(options.model, required=options.max_cost is not None)
+    guardrails = (
+        GuardrailConfig(max_total_cost=options.max_cost, cost_function=cost_function)
+        if cost_function is not None
+        else GuardrailConfig()
+    )
     return ProcessorConfig(
         max_workers=options.workers,
         max_requests_per_minute=options.rpm,
         max_tokens_per_minute=options.tpm,
+        guardrails=guardrails,
     )
 
 
@@ -230,6 +257,59 @@ class _Tally:
     succeeded: int = 0
     failed: int = 0
     replayed: int = 0
+    not_run: int = 0  # lines the batch stopped before calling
+    cost: float | None = None  # dollars of this run's calls, when priced
+    termination: BatchTermination | None = None  # why the batch stopped early, if it did
+
+    def count(self, result: Any) -> None:
+        if result.success:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self.replayed += result.replayed_from_artifact
+        if (
+            not result.success
+            and result.error_category in _STOP_CATEGORIES
+            and not result.token_usage.get("total_tokens")
+        ):
+            self.not_run += 1  # the batch stopped before calling it
+        if result.cost is not None and not result.replayed_from_artifact:
+            self.cost = (self.cost or 0.0) + result.cost
+
+
+def _answer_the_rest(
+    options: RunOptions,
+    check: Callable[[Request], None],
+    out: TextIO,
+    termination: BatchTermination,
+    read: int,
+    pending: set[str],
+) -> int:
+    """After an early stop: a failure line for every request that got no result.
+
+    ``read`` requests were handed to the batch (those still in ``pending`` got no result);
+    the rest of the input was never read. Returns the lines written.
+    """
+    from async_batch_llm._internal.guardrails import Guard
+
+    error, category = Guard.failure(termination)
+    written = 0
+    for index, request in enumerate(iter_requests(options.input, check)):
+        if index < read and request.custom_id not in pending:
+            continue
+        out.write(
+            output_line(
+                request.custom_id,
+                success=False,
+                output=None,
+                error=error,
+                error_category=category,
+                usage={},
+            )
+        )
+        out.write("\n")
+        written += 1
+    return written
 
 
 async def _stream(
@@ -243,16 +323,24 @@ async def _stream(
     from async_batch_llm._internal.artifacts.records import ResumePolicy
     from async_batch_llm._internal.streaming import process_stream
 
+    read = 0
+    pending: set[str] = set()  # handed to the batch, no result yet (bounded by the queue)
+
     def prompts() -> Iterator[tuple[str, dict[str, Any]]]:
+        nonlocal read
         for request in iter_requests(options.input, check):
+            read += 1
+            pending.add(request.custom_id)
             yield request.custom_id, request.payload()
 
-    tally = _Tally()
+    config = processor_config(options)
+    # Priced: the summary says what this run's calls cost, $0 when every line was reused.
+    tally = _Tally(cost=0.0 if config.guardrails.cost_function is not None else None)
     last_flush = time.monotonic()
     stream = process_stream(
         strategy,
         prompts(),
-        config=processor_config(options),
+        config=config,
         artifact_store=store,
         resume=ResumePolicy.REUSE_SUCCESSES if options.resume else ResumePolicy.NONE,
         error_classifier=error_classifier(options.provider),
@@ -262,16 +350,23 @@ async def _stream(
         async for result in stream:
             out.write(result_output_line(result))
             out.write("\n")
-            if result.success:
-                tally.succeeded += 1
-            else:
-                tally.failed += 1
-            tally.replayed += result.replayed_from_artifact
+            pending.discard(result.item_id)
+            tally.count(result)
             now = time.monotonic()
             if now - last_flush >= _FLUSH_EVERY:
                 out.flush()
                 last_flush = now
+    termination = stream.processor._termination()
+    if termination.kind != "completed":
+        tally.termination = termination
+        filled = _answer_the_rest(options, check, out, termination, read, pending)
+        tally.failed += filled
+        tally.not_run += filled
     return tally
+
+
+_STOP_CATEGORIES = frozenset({"budget_exceeded", "batch_timeout", "fail_fast", "cancelled"})
+"""Categories of lines the batch failed because it stopped (no call made when no tokens)."""
 
 
 async def _run(options: RunOptions) -> int:
@@ -288,6 +383,15 @@ async def _run(options: RunOptions) -> int:
     except InputFileError as exc:
         raise UsageError(str(exc)) from None
     _report_scan(options, report)
+    if options.dry_run:  # prices the input; needs no key, opens nothing, calls nothing
+        return _dry_run(options, check)
+    if options.max_cost is not None:
+        try:
+            model_cost_function(options.model, required=True)
+        except ModelPriceError as exc:
+            raise UsageError(
+                f"--max-cost needs the price of --model {options.model}: {exc}"
+            ) from None
     key = api_key_for(spec)
     if key is None:
         if options.base_url is None:
@@ -330,6 +434,17 @@ async def _run(options: RunOptions) -> int:
         await close_client(client)
 
 
+def _dry_run(options: RunOptions, check: Callable[[Request], None]) -> int:
+    table = price_table()
+    try:
+        estimate = estimate_requests(iter_requests(options.input, check), options.model, table)
+    except ModelPriceError as exc:
+        raise UsageError(f"--dry-run cannot price --model {options.model}: {exc}") from None
+    for line in dry_run_report(estimate, options.model, table, options.max_cost):
+        print(line, flush=True)
+    return EXIT_OK
+
+
 def _remove_store(path: Path | None) -> None:
     if path is None:
         return
@@ -354,13 +469,23 @@ async def _execute(
         if observer is not None:
             observer.close()
     elapsed = time.monotonic() - started
-    called = tally.succeeded + tally.failed - tally.replayed
+    called = tally.succeeded + tally.failed - tally.replayed - tally.not_run
     reused = f", {tally.replayed} reused from {options.store}" if options.store else ""
+    not_run = f", {tally.not_run} not run" if tally.termination is not None else ""
     print(
-        f"{tally.succeeded} succeeded, {tally.failed} failed ({called} called{reused}) "
-        f"in {elapsed:.1f}s; results in {options.out}",
+        f"{tally.succeeded} succeeded, {tally.failed} failed ({called} called{reused}"
+        f"{not_run}) in {elapsed:.1f}s; results in {options.out}",
         flush=True,
     )
+    if tally.cost is not None:
+        table = price_table()
+        dated = f" as of {table.as_of.isoformat()}" if table.as_of is not None else ""
+        print(
+            f"cost: {format_dollars(tally.cost)} ({options.model} list prices{dated})",
+            flush=True,
+        )
+    if tally.termination is not None:
+        say(stop_message(tally.termination, options.max_cost, tally.not_run))
     if report.error_count:
         say(f"{report.error_count} malformed line(s) of {options.input} were not run (see above)")
         return EXIT_USAGE

@@ -8,8 +8,11 @@ the usage the provider reported (refund or debt), or :meth:`Reservation.cancel` 
 never started (full refund).
 
 Pacing, not bursts: a per-minute limit ``L`` refills continuously at ``L / 60`` per second, and
-a bucket holds at most ``burst_seconds`` worth (at least one request). Token buckets pace at
-``(1 - margin)`` of the limit, the margin absorbing estimation error. See
+a bucket holds at most ``burst_seconds`` worth (at least one request). The margin for
+estimation error is a *reserve*: every admission leaves ``margin`` of a token bucket's capacity
+in it, so an estimate that proves short (its call in flight, its debt not yet known) finds the
+provider's bucket still holding that much. Token buckets refill at the full limit: the margin
+costs one reserve's worth of burst, once, never a share of the rate. See
 :meth:`TokenBucket.admission_need` for reservations larger than the burst.
 
 Limits come from the scope's declaration or, for an undeclared dimension, from the provider's
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from async_batch_llm._internal.buckets import TokenBucket, snapshot_level
-from async_batch_llm._internal.clock import Clock
+from async_batch_llm._internal.clock import Clock, LoopClock
+from async_batch_llm._internal.deadline import loop_time_function
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
 from async_batch_llm._internal.quota_types import (
     DIMENSIONS,
@@ -55,7 +59,7 @@ DEFAULT_BURST_SECONDS = 1.0
 """Seconds of refill a bucket holds when ``quota_burst_seconds`` is not set."""
 
 DEFAULT_MARGIN = 0.05
-"""Fraction of each token limit held back for estimation error."""
+"""Fraction of each token bucket's capacity an admission leaves in it, for estimation error."""
 
 _WINDOW = 60.0
 _TOKEN_DIMENSIONS = ("tokens", "input_tokens", "output_tokens")
@@ -124,7 +128,8 @@ class GateStatistics:
         window_seconds: the span ``used_last_minute`` covers: 60 s, or less early in a run
             (the time since the gate's buckets were made, plus ``burst_seconds``: a new bucket
             starts full, as if it had refilled that long). ``used * 60 / window_seconds`` is
-            the per-minute rate to compare with ``limits``.
+            the per-minute rate to compare with ``limits``. Usage is counted per clock second:
+            a second's usage leaves the count once that second began 60 s ago.
     """
 
     scope: str
@@ -154,23 +159,22 @@ class _Dimension:
         self.bucket = bucket
 
 
+def _count(value: object) -> int | None:
+    """``value`` if it is a token count (an ``int`` >= 0, not a ``bool``), else ``None``."""
+    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        return value if value >= 0 else None
+    return None
+
+
 def _usage_amounts(usage: Mapping[str, int] | None) -> dict[str, float]:
     """The token figures a usage report states (``requests`` is never reconciled)."""
     if not usage:
         return {}
-
-    def count(key: str) -> int | None:
-        value = usage.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        return None
-
+    get = usage.get
+    input_tokens = _count(get("input_tokens"))
+    output_tokens = _count(get("output_tokens"))
+    total = _count(get("total_tokens"))
     amounts: dict[str, float] = {}
-    input_tokens, output_tokens, total = (
-        count("input_tokens"),
-        count("output_tokens"),
-        count("total_tokens"),
-    )
     if input_tokens is not None:
         amounts["input_tokens"] = input_tokens
     if output_tokens is not None:
@@ -186,34 +190,39 @@ class Reservation:
     """One admitted attempt's hold on its gate, settled exactly once.
 
     Attributes:
+        gate: the gate the reservation was taken from.
         scope: the gate's quota scope.
         estimate: the estimate that was reserved.
         granted_at: the clock time of the grant.
         waited: seconds the reservation waited before the grant.
     """
 
-    __slots__ = ("_amounts", "_gate", "_settled", "_taken", "estimate", "granted_at", "waited")
+    __slots__ = ("_amounts", "_settled", "_taken", "gate", "granted_at", "waited")
 
     def __init__(
         self,
         gate: AdmissionGate,
-        estimate: TokenEstimate,
         amounts: dict[str, float],
-        taken: frozenset[str],
+        taken: tuple[tuple[str, _Dimension], ...],
         granted_at: float,
         waited: float,
     ) -> None:
-        self._gate = gate
+        self.gate = gate
         self._amounts = amounts
         self._taken = taken
         self._settled = False
-        self.estimate = estimate
         self.granted_at = granted_at
         self.waited = waited
 
     @property
     def scope(self) -> str:
-        return self._gate.scope
+        return self.gate.scope
+
+    @property
+    def estimate(self) -> TokenEstimate:
+        """The estimate that was reserved."""
+        amounts = self._amounts
+        return TokenEstimate(int(amounts["input_tokens"]), int(amounts["output_tokens"]))
 
     @property
     def settled(self) -> bool:
@@ -233,9 +242,52 @@ class Reservation:
         if self._settled:
             return
         self._settled = True
-        actual = _usage_amounts(usage)
-        deltas = {dim: value - self._amounts[dim] for dim, value in actual.items()}
-        self._gate._adjust(deltas, self._taken)
+        if not usage:
+            return
+        amounts = self._amounts
+        get = usage.get
+        input_tokens, output_tokens, total = (
+            get("input_tokens"),
+            get("output_tokens"),
+            get("total_tokens"),
+        )
+        if (  # the common shape, checked inline
+            type(input_tokens) is int
+            and type(output_tokens) is int
+            and type(total) is int
+            and input_tokens >= 0
+            and output_tokens >= 0
+            and total >= 0
+        ):
+            gate = self.gate
+            now = gate._time()
+            delta_total = total - amounts["tokens"]
+            delta_input = input_tokens - amounts["input_tokens"]
+            delta_output = output_tokens - amounts["output_tokens"]
+            if now >= gate._second + 1.0:
+                gate._new_second(now)
+            used = gate._used
+            used["tokens"] += delta_total
+            used["input_tokens"] += delta_input
+            used["output_tokens"] += delta_output
+            for dimension, entry in self._taken:
+                if dimension == "tokens":
+                    delta = delta_total
+                elif dimension == "input_tokens":
+                    delta = delta_input
+                elif dimension == "output_tokens":
+                    delta = delta_output
+                else:
+                    continue
+                if delta > 0:
+                    entry.bucket.take(delta, now)
+                elif delta < 0:
+                    entry.bucket.give_back(-delta, now)
+            if gate._wake is not None:
+                gate._notify()
+            return
+        deltas = {dim: value - amounts[dim] for dim, value in _usage_amounts(usage).items()}
+        self.gate._adjust(deltas, self._taken)
 
     def cancel(self) -> None:
         """Give everything back (the request included): the call never started.
@@ -245,7 +297,7 @@ class Reservation:
         if self._settled:
             return
         self._settled = True
-        self._gate._adjust({dim: -amount for dim, amount in self._amounts.items()}, self._taken)
+        self.gate._adjust({dim: -amount for dim, amount in self._amounts.items()}, self._taken)
 
     def __repr__(self) -> str:
         state = "settled" if self._settled else "open"
@@ -265,8 +317,9 @@ class AdmissionGate:
         clock: the time source; waits sleep on it for exactly the computed time.
         burst_seconds: seconds of refill a bucket holds (finite, > 0); a request bucket holds
             at least one request.
-        margin: fraction of every token limit held back for estimation error (0 <= margin < 1);
-            requests are counted exactly and paced at their full limit.
+        margin: fraction of every token bucket's capacity an admission leaves in it, for
+            estimation error (0 <= margin < 1); requests are counted exactly, without reserve.
+            Every bucket refills at its full limit.
         wall_clock: Unix time, for RFC 3339 reset headers.
 
     Raises:
@@ -293,33 +346,56 @@ class AdmissionGate:
         # Buckets are made on first use: a LoopClock reads time only inside a running loop.
         self._dimensions: dict[str, _Dimension] | None = None
         self._created_at = 0.0
+        self._time: Callable[[], float] = clock.time
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._reservations = 0
         self._total_wait = 0.0
-        # (time, dimension, amount) of grants and their corrections, for used_last_minute.
-        self._history: deque[tuple[float, str, float]] = deque()
-        # Running sums of _history by dimension: statistics() in O(1) per event, not O(history).
-        self._used: dict[str, float] = dict.fromkeys(DIMENSIONS, 0.0)
+        # The buckets in force as (dimension, entry) pairs, made with the buckets; a new
+        # tuple whenever a bucket is added (a reservation keeps the tuple it took from).
+        self._entries: tuple[tuple[str, _Dimension], ...] = ()
+        self.token_limited = any(dimension in self._declared for dimension in _TOKEN_DIMENSIONS)
+        """Whether a token limit (total, input or output; declared or learned) is in force."""
+        # For used_last_minute: the units granted so far, corrected by settlements, by
+        # dimension, and for each clock second of the last minute that saw any, those totals
+        # as they stood when it began, oldest first. One entry per second, not per call.
+        self._used = dict.fromkeys(DIMENSIONS, 0.0)
+        self._second = -math.inf
+        self._history: deque[tuple[float, dict[str, float]]] = deque()
 
     # -- buckets -----------------------------------------------------------------------------
 
-    def _shape(self, dimension: str, limit: float) -> tuple[float, float]:
+    def _shape(self, dimension: str, limit: float) -> tuple[float, float, float]:
+        """Refill rate, capacity and reserve of ``dimension``'s bucket for ``limit``."""
         rate = limit / _WINDOW
         if dimension == "requests":
-            return rate, max(1.0, rate * self._burst)
-        rate *= 1.0 - self._margin
-        return rate, rate * self._burst
+            return rate, max(1.0, rate * self._burst), 0.0
+        capacity = rate * self._burst
+        return rate, capacity, capacity * self._margin
 
     def _dims(self, now: float) -> dict[str, _Dimension]:
         if self._dimensions is None:
+            clock = self._clock
+            # LoopClock.time() is two Python calls deep; read the loop's clock directly (the
+            # buckets, hence this, are made inside the running loop).
+            self._time = (
+                loop_time_function(asyncio.get_running_loop())
+                if type(clock) is LoopClock
+                else clock.time
+            )
             self._dimensions = {}
             self._created_at = now
             for dimension, limit in self._declared.items():
-                rate, capacity = self._shape(dimension, limit)
-                bucket = TokenBucket(rate, capacity, now=now)
+                rate, capacity, reserve = self._shape(dimension, limit)
+                bucket = TokenBucket(rate, capacity, now=now, reserve=reserve)
                 self._dimensions[dimension] = _Dimension(limit, "declared", bucket)
+            self._buckets_changed()
         return self._dimensions
+
+    def _buckets_changed(self) -> None:
+        dims = self._dimensions or {}
+        self._entries = tuple(dims.items())
+        self.token_limited = any(dimension in dims for dimension in _TOKEN_DIMENSIONS)
 
     def limit(self, dimension: str) -> float | None:
         """The per-minute limit in force for ``dimension`` (declared or learned), or ``None``."""
@@ -328,29 +404,34 @@ class AdmissionGate:
         entry = self._dimensions.get(dimension)
         return None if entry is None else entry.limit
 
-    def _amounts(self, estimate: TokenEstimate, dims: Mapping[str, _Dimension]) -> dict[str, float]:
+    def _amounts(self, input_tokens: int, output_tokens: int) -> dict[str, float]:
         amounts = {
             "requests": 1.0,
-            "tokens": float(estimate.total_tokens),
-            "input_tokens": float(estimate.input_tokens),
-            "output_tokens": float(estimate.output_tokens),
+            "tokens": float(input_tokens + output_tokens),
+            "input_tokens": float(input_tokens),
+            "output_tokens": float(output_tokens),
         }
-        for dimension in _TOKEN_DIMENSIONS:
-            entry = dims.get(dimension)
-            if entry is not None and amounts[dimension] > entry.limit:
-                raise EstimateTooLargeError(self.scope, dimension, amounts[dimension], entry.limit)
+        if self.token_limited:
+            for dimension, entry in self._entries:
+                if dimension != "requests" and amounts[dimension] > entry.limit:
+                    raise EstimateTooLargeError(
+                        self.scope, dimension, amounts[dimension], entry.limit
+                    )
         return amounts
 
-    @staticmethod
-    def _delay(amounts: Mapping[str, float], dims: Mapping[str, _Dimension], now: float) -> float:
-        return max(
-            (entry.bucket.time_until_admissible(amounts[dim], now) for dim, entry in dims.items()),
-            default=0.0,
-        )
+    def _delay(self, amounts: Mapping[str, float], now: float) -> float:
+        delay = 0.0
+        for dimension, entry in self._entries:
+            wait = entry.bucket.time_until_admissible(amounts[dimension], now)
+            if wait > delay:
+                delay = wait
+        return delay
 
     # -- reserve -----------------------------------------------------------------------------
 
-    async def reserve(self, estimate: TokenEstimate) -> Reservation:
+    async def reserve(
+        self, estimate: TokenEstimate, kind: type[Reservation] = Reservation
+    ) -> Reservation:
         """Wait for one request plus ``estimate``'s tokens in every bucket in force, take them.
 
         Callers are served strictly in arrival order: a caller never overtakes an earlier one,
@@ -363,11 +444,12 @@ class AdmissionGate:
             EstimateTooLargeError: at once (or as soon as a learned limit reveals it while
                 waiting) when an estimated token figure exceeds its whole per-minute limit.
         """
-        requested_at = self._clock.time()
-        dims = self._dims(requested_at)
-        amounts = self._amounts(estimate, dims)
-        if not self._waiters and self._delay(amounts, dims, requested_at) == 0.0:
-            return self._grant(estimate, amounts, dims, requested_at, requested_at)
+        input_tokens, output_tokens = estimate.input_tokens, estimate.output_tokens
+        granted = self.try_reserve_tokens(input_tokens, output_tokens, kind)
+        if granted is not None:
+            return granted
+        self._amounts(input_tokens, output_tokens)  # too large for a limit: fail before waiting
+        requested_at = self._time()
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(ticket)
         try:
@@ -376,9 +458,9 @@ class AdmissionGate:
                     # Resolved by whoever leaves the head of the line before us.
                     await ticket
                     continue
-                now = self._clock.time()
-                amounts = self._amounts(estimate, dims)
-                delay = self._delay(amounts, dims, now)
+                now = self._time()
+                amounts = self._amounts(input_tokens, output_tokens)
+                delay = self._delay(amounts, now)
                 if delay == 0.0:
                     break
                 await self._sleep_or_wake(delay)
@@ -387,7 +469,56 @@ class AdmissionGate:
             self._waiters.remove(ticket)
             if was_head and self._waiters and not self._waiters[0].done():
                 self._waiters[0].set_result(None)
-        return self._grant(estimate, amounts, dims, requested_at, now)
+        return self._grant(amounts, requested_at, now, kind)
+
+    def try_reserve(self, estimate: TokenEstimate) -> Reservation | None:
+        """:meth:`reserve` without waiting: the reservation if it fits now, else ``None``.
+
+        ``None`` also when others are waiting (they come first). Nothing is taken then.
+
+        Raises:
+            EstimateTooLargeError: an estimated token figure exceeds its whole per-minute limit.
+        """
+        return self.try_reserve_tokens(estimate.input_tokens, estimate.output_tokens)
+
+    def try_reserve_tokens(
+        self, input_tokens: int, output_tokens: int, kind: type[Reservation] = Reservation
+    ) -> Reservation | None:
+        """:meth:`try_reserve` of ``TokenEstimate(input_tokens, output_tokens)``, counts the
+        caller has already validated (ints >= 0). ``kind``: the class of the reservation made
+        (a subclass of :class:`Reservation` taking the same arguments)."""
+        # The processor's fast path: _amounts, _grant and _count_usage, inlined.
+        if self._dimensions is None:
+            self._dims(self._clock.time())
+        total = input_tokens + output_tokens
+        amounts = {
+            "requests": 1.0,
+            "tokens": total,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+        }
+        entries = self._entries
+        if self._waiters:
+            self._amounts(input_tokens, output_tokens)  # an estimate too large fails in line too
+            return None
+        now = self._time()
+        for dimension, entry in entries:
+            amount = amounts[dimension]
+            if amount > entry.limit and dimension != "requests":
+                raise EstimateTooLargeError(self.scope, dimension, amount, entry.limit)
+            if not entry.bucket.admits(amount, now):
+                return None  # reserve() then checks the other limits before waiting
+        for dimension, entry in entries:
+            entry.bucket.take(amounts[dimension], now)
+        self._reservations += 1
+        if now >= self._second + 1.0:
+            self._new_second(now)
+        used = self._used
+        used["requests"] += 1.0
+        used["tokens"] += total
+        used["input_tokens"] += input_tokens
+        used["output_tokens"] += output_tokens
+        return kind(self, amounts, entries, now, 0.0)
 
     async def _sleep_or_wake(self, delay: float) -> None:
         self._wake = wake = asyncio.get_running_loop().create_future()
@@ -406,52 +537,61 @@ class AdmissionGate:
 
     def _grant(
         self,
-        estimate: TokenEstimate,
         amounts: dict[str, float],
-        dims: Mapping[str, _Dimension],
         requested_at: float,
         now: float,
+        kind: type[Reservation],
     ) -> Reservation:
-        for dimension, entry in dims.items():
+        taken = self._entries
+        for dimension, entry in taken:
             entry.bucket.take(amounts[dimension], now)
         self._reservations += 1
-        self._total_wait += now - requested_at
-        history, used = self._history, self._used
-        for dimension, amount in amounts.items():
-            history.append((now, dimension, amount))
-            used[dimension] += amount
-        self._prune(now)
-        return Reservation(
-            self, estimate, amounts, frozenset(dims), granted_at=now, waited=now - requested_at
-        )
+        waited = now - requested_at
+        self._total_wait += waited
+        self._count_usage(now, amounts)
+        return kind(self, amounts, taken, now, waited)
 
-    def _adjust(self, deltas: Mapping[str, float], taken: frozenset[str]) -> None:
-        """Apply a reservation's settlement: positive deltas are debt, negative are refunds."""
-        now = self._clock.time()
-        dims = self._dims(now)
-        for dimension, delta in deltas.items():
-            if delta == 0:
-                continue
-            self._history.append((now, dimension, delta))
-            self._used[dimension] += delta
-            entry = dims.get(dimension)
-            if entry is None or dimension not in taken:
+    def _adjust(
+        self, deltas: Mapping[str, float], taken: tuple[tuple[str, _Dimension], ...]
+    ) -> None:
+        """Apply a reservation's settlement: positive deltas are debt, negative are refunds.
+
+        Only the buckets in ``taken`` (those the reservation took from) are adjusted.
+        """
+        now = self._time()
+        self._count_usage(now, deltas)
+        for dimension, entry in taken:
+            delta = deltas.get(dimension)
+            if not delta:
                 continue
             if delta > 0:
                 entry.bucket.take(delta, now)
             else:
                 entry.bucket.give_back(-delta, now)
-        self._prune(now)
-        self._notify()
+        if self._wake is not None:
+            self._notify()
+
+    def _count_usage(self, now: float, amounts: Mapping[str, float]) -> None:
+        """Add ``amounts`` to the units used (for ``used_last_minute``)."""
+        if now >= self._second + 1.0:
+            self._new_second(now)
+        used = self._used
+        for dimension, amount in amounts.items():
+            used[dimension] += amount
+
+    def _new_second(self, now: float) -> None:
+        """``now`` is in a clock second later than the last usage's: note the totals so far."""
+        second = math.floor(now)
+        if second != self._second:
+            self._second = second
+            self._history.append((second, self._used.copy()))
+            self._prune(now)
 
     def _prune(self, now: float) -> None:
-        history, used = self._history, self._used
+        """Forget the seconds that began a minute or more ago."""
+        history = self._history
         while history and history[0][0] <= now - _WINDOW:
-            _, dimension, amount = history.popleft()
-            used[dimension] -= amount
-        if not history:  # no drift survives an idle minute
-            for dimension in used:
-                used[dimension] = 0.0
+            history.popleft()
 
     # -- headers -----------------------------------------------------------------------------
 
@@ -470,14 +610,15 @@ class AdmissionGate:
             entry = dims.get(snapshot.dimension)
             if snapshot.limit is not None and snapshot.limit > 0:
                 if entry is None:
-                    rate, capacity = self._shape(snapshot.dimension, snapshot.limit)
-                    entry = _Dimension(
-                        float(snapshot.limit), "learned", TokenBucket(rate, capacity, now=now)
-                    )
+                    rate, capacity, reserve = self._shape(snapshot.dimension, snapshot.limit)
+                    bucket = TokenBucket(rate, capacity, now=now, reserve=reserve)
+                    entry = _Dimension(float(snapshot.limit), "learned", bucket)
                     dims[snapshot.dimension] = entry
+                    self._buckets_changed()
                 elif entry.source == "learned" and entry.limit != snapshot.limit:
                     entry.limit = float(snapshot.limit)
-                    entry.bucket.resize(*self._shape(snapshot.dimension, entry.limit), now)
+                    rate, capacity, reserve = self._shape(snapshot.dimension, entry.limit)
+                    entry.bucket.resize(rate, capacity, now, reserve=reserve)
             if entry is not None and snapshot.remaining is not None:
                 limit = snapshot.limit if snapshot.limit is not None else entry.limit
                 entry.bucket.lower_to(
@@ -504,7 +645,8 @@ class AdmissionGate:
         now = self._clock.time()
         dims = self._dims(now)
         self._prune(now)
-        used = self._used
+        before = self._history[0][1] if self._history else self._used
+        used = {dimension: self._used[dimension] - before[dimension] for dimension in DIMENSIONS}
         return GateStatistics(
             scope=self.scope,
             limits={dim: entry.limit for dim, entry in dims.items()},
@@ -549,7 +691,8 @@ class GateRegistry:
         clock: the clock the gates wait on.
         quotas: limits per scope; a listed scope takes its :class:`QuotaLimits` as a whole.
         burst_seconds: seconds of refill each bucket holds (finite, > 0).
-        margin: fraction of token limits held back for estimation error (0 <= margin < 1).
+        margin: fraction of each token bucket's capacity an admission leaves in it
+            (0 <= margin < 1).
         wall_clock: Unix time, for RFC 3339 reset headers.
 
     Raises:
@@ -575,7 +718,8 @@ class GateRegistry:
         self._burst = burst_seconds
         self._margin = margin
         self._wall_clock = wall_clock
-        self._gates: dict[str, AdmissionGate] = {}
+        self.gates: dict[str, AdmissionGate] = {}
+        """The gates made so far, by scope (read-only for callers: :meth:`gate` makes them)."""
 
     @classmethod
     def from_config(cls, config: ProcessorConfig, clock: Clock) -> GateRegistry:
@@ -601,9 +745,9 @@ class GateRegistry:
 
     def gate(self, scope: str) -> AdmissionGate:
         """The gate of ``scope``, made on first request."""
-        gate = self._gates.get(scope)
+        gate = self.gates.get(scope)
         if gate is None:
-            gate = self._gates[scope] = AdmissionGate(
+            gate = self.gates[scope] = AdmissionGate(
                 scope,
                 self.limits_for(scope),
                 self._clock,
@@ -615,11 +759,11 @@ class GateRegistry:
 
     def unused_scopes(self) -> list[str]:
         """The scopes given limits in ``quotas`` that no attempt has used, sorted."""
-        return sorted(scope for scope in self._quotas if scope not in self._gates)
+        return sorted(scope for scope in self._quotas if scope not in self.gates)
 
     def statistics(self) -> dict[str, GateStatistics]:
         """A snapshot of every gate made so far, by scope."""
-        return {scope: gate.statistics() for scope, gate in self._gates.items()}
+        return {scope: gate.statistics() for scope, gate in self.gates.items()}
 
     def snapshot(self, scope: str) -> GateStatistics | None:
         """A read-only snapshot of the gate of ``scope``, or ``None`` if it was never made.
@@ -627,8 +771,8 @@ class GateRegistry:
         What the gate knows, for observers: the limits in force (declared or learned), the
         last minute's usage and the time spent waiting. Never makes a gate.
         """
-        gate = self._gates.get(scope)
+        gate = self.gates.get(scope)
         return None if gate is None else gate.statistics()
 
     def __repr__(self) -> str:
-        return f"GateRegistry(scopes={sorted(self._gates)!r})"
+        return f"GateRegistry(scopes={sorted(self.gates)!r})"

@@ -40,7 +40,7 @@ from async_batch_llm._types import (
     TOutput,
     WorkItemResult,
 )
-from async_batch_llm.observers.base import ProcessingEvent
+from async_batch_llm.observers.base import ExtendedEvent, ProcessingEvent
 
 __all__ = [
     "POST_PROCESSOR_EXECUTION_TIMEOUT",
@@ -227,9 +227,19 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 for _ in publishers:
                     assert publish_queue is not None
                     publish_queue.put_nowait(None)
-        except BaseException:
+        except BaseException as exc:
             # Spec D10: a cancelled batch leaves no task of ours running, callbacks included.
             await self._cancel_progress_tasks()
+            stats = self._stats
+            await self._emit(
+                ExtendedEvent.BATCH_ABORTED,
+                {
+                    "processed": stats.processed,
+                    "total": stats.total,
+                    "duration": time.time() - (start_time or 0.0),
+                    "error_type": type(exc).__name__,
+                },
+            )
             raise
         finally:
             self._queue.clear()
@@ -277,7 +287,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         return f"NotStarted: the batch stopped before this item: {halt}"[:500], "cancelled", False
 
     async def _emit(
-        self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None
+        self,
+        event: ProcessingEvent | ExtendedEvent,
+        data: dict[str, Any],
+        deadline: TaskDeadline | None = None,
     ) -> None:
         """Deliver an event to observers (subclass hook; the base has none)."""
 

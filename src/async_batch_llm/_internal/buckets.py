@@ -3,7 +3,9 @@
 A :class:`TokenBucket` holds ``level`` units available now. It refills continuously at ``rate``
 units per second up to ``capacity`` (the burst), and taking units lowers the level. The level
 may go negative: a *debt*, left when an attempt used more than it reserved; later reservations
-then wait until the refill has paid it off.
+then wait until the refill has paid it off. A bucket may keep a ``reserve``: an admission must
+leave at least that much in it (a margin for estimation error that costs one reserve's worth of
+burst, once, instead of a share of the rate for the whole run).
 
 Every method takes the current time ``now`` (seconds, from the caller's monotonic clock), so the
 same arithmetic serves the in-process gate and any backend that keeps buckets elsewhere.
@@ -30,6 +32,11 @@ def _check_positive_finite(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
+def _check_reserve(reserve: float, capacity: float) -> None:
+    if not (math.isfinite(reserve) and 0 <= reserve < capacity):
+        raise ValueError(f"reserve must be >= 0 and < capacity ({capacity!r}), got {reserve!r}")
+
+
 class TokenBucket:
     """A continuously refilling bucket whose level may go negative (debt).
 
@@ -41,20 +48,31 @@ class TokenBucket:
         capacity: the most the bucket holds, i.e. the largest burst (finite, > 0).
         now: the time the bucket is created at.
         level: the initial level (default ``capacity``; capped at ``capacity``).
+        reserve: units an admission must leave in the bucket (0 <= reserve < capacity; see
+            :meth:`admission_need`).
 
     Raises:
-        ValueError: if ``rate`` or ``capacity`` is not a finite number > 0.
+        ValueError: if ``rate`` or ``capacity`` is not a finite number > 0, or ``reserve`` is
+            not in ``[0, capacity)``.
     """
 
-    __slots__ = ("_capacity", "_level", "_rate", "_updated")
+    __slots__ = ("_capacity", "_level", "_rate", "_reserve", "_updated")
 
     def __init__(
-        self, rate: float, capacity: float, *, now: float, level: float | None = None
+        self,
+        rate: float,
+        capacity: float,
+        *,
+        now: float,
+        level: float | None = None,
+        reserve: float = 0.0,
     ) -> None:
         _check_positive_finite("rate", rate)
         _check_positive_finite("capacity", capacity)
+        _check_reserve(reserve, capacity)
         self._rate = float(rate)
         self._capacity = float(capacity)
+        self._reserve = float(reserve)
         self._level = self._capacity if level is None else min(float(level), self._capacity)
         self._updated = float(now)
 
@@ -67,6 +85,11 @@ class TokenBucket:
     def capacity(self) -> float:
         """The most the bucket holds."""
         return self._capacity
+
+    @property
+    def reserve(self) -> float:
+        """Units an admission must leave in the bucket."""
+        return self._reserve
 
     @property
     def level(self) -> float:
@@ -98,14 +121,31 @@ class TokenBucket:
         return self.time_until(amount, now) == 0.0
 
     def admission_need(self, amount: float) -> float:
-        """The level that admits a reservation of ``amount``: ``min(amount, capacity)``.
+        """The level that admits a reservation of ``amount``: ``min(amount + reserve, capacity)``.
 
-        The oversize rule: a reservation larger than the burst capacity (but, as the gate
-        checks, not larger than the whole per-minute limit) waits until the bucket is full and
-        then takes everything, leaving a debt of ``amount - capacity`` that later reservations
-        wait out. Over time it is paced like any other; it only comes as one burst.
+        An admission leaves the ``reserve`` in the bucket. The oversize rule: a reservation
+        that does not fit with its reserve in the burst capacity (but, as the gate checks, is
+        not larger than the whole per-minute limit) waits until the bucket is full and then
+        takes it, leaving a debt of up to ``amount - capacity`` that later reservations wait
+        out. Over time it is paced like any other; it only comes as one burst.
         """
-        return min(amount, self._capacity)
+        return min(amount + self._reserve, self._capacity)
+
+    def admits(self, amount: float, now: float) -> bool:
+        """Whether a reservation of ``amount`` may be taken at ``now`` (oversize rule applied).
+
+        The same answer as ``time_until_admissible(amount, now) == 0.0``, in one step.
+        """
+        if now > self._updated:
+            level = self._level + (now - self._updated) * self._rate
+            self._level = level = level if level < self._capacity else self._capacity
+            self._updated = now
+        else:
+            level = self._level
+        need = amount + self._reserve
+        if need > self._capacity:
+            need = self._capacity
+        return need - level <= self._rate * TIME_TOLERANCE
 
     def time_until_admissible(self, amount: float, now: float) -> float:
         """Seconds until a reservation of ``amount`` may be taken (oversize rule applied)."""
@@ -133,26 +173,30 @@ class TokenBucket:
         self._level = min(self._level, level)
         return self._level
 
-    def resize(self, rate: float, capacity: float, now: float) -> None:
-        """Change ``rate`` and ``capacity`` from ``now`` on (a learned limit changed).
+    def resize(self, rate: float, capacity: float, now: float, *, reserve: float = 0.0) -> None:
+        """Change ``rate``, ``capacity`` and ``reserve`` from ``now`` on (a learned limit changed).
 
         The refill up to ``now`` uses the old rate; the level is capped at the new capacity and
         otherwise kept (a debt stays a debt).
 
         Raises:
-            ValueError: if ``rate`` or ``capacity`` is not a finite number > 0.
+            ValueError: if ``rate`` or ``capacity`` is not a finite number > 0, or ``reserve``
+                is not in ``[0, capacity)``.
         """
         _check_positive_finite("rate", rate)
         _check_positive_finite("capacity", capacity)
+        _check_reserve(reserve, capacity)
         self.refill(now)
         self._rate = float(rate)
         self._capacity = float(capacity)
+        self._reserve = float(reserve)
         self._level = min(self._level, self._capacity)
 
     def __repr__(self) -> str:
+        reserve = f", reserve={self._reserve:.6g}" if self._reserve else ""
         return (
             f"TokenBucket(level={self._level:.6g}, capacity={self._capacity:.6g}, "
-            f"rate={self._rate:.6g}/s)"
+            f"rate={self._rate:.6g}/s{reserve})"
         )
 
 

@@ -129,12 +129,16 @@ class CharacterTokenEstimator:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _ScopeModel:
     # Exponentially weighted averages of prompt characters and input tokens per observation;
     # their ratio is the characters per token (robust to short prompts, unlike a mean of ratios).
     characters: float
     input_tokens: float
+    # What estimates use now, recomputed by each observation: characters per token and the
+    # output allowance.
+    cpt: float
+    allowance: int
     input_observations: int = 0
     output_mean: float = 0.0
     output_deviation: float = 0.0
@@ -194,24 +198,30 @@ class LearningEstimator:
     def characters_per_token(self, scope: str) -> float:
         """The scope's current characters per token."""
         model = self._scopes.get(scope)
-        if model is None or model.input_observations == 0:
-            return self._initial_cpt
-        return model.characters / model.input_tokens
+        return self._initial_cpt if model is None else model.cpt
 
     def output_allowance(self, scope: str) -> int:
         """The output tokens currently reserved for each attempt of the scope."""
         model = self._scopes.get(scope)
-        if model is None or model.output_observations == 0:
-            return self._initial_output
-        return math.ceil(model.output_mean + self._deviations * model.output_deviation)
+        return self._initial_output if model is None else model.allowance
 
     def estimate(self, scope: str, prompt: object) -> TokenEstimate:
         """The estimate of one attempt of ``prompt`` in ``scope``."""
-        characters = prompt_characters(prompt)
-        return TokenEstimate(
-            _input_tokens(characters, self.characters_per_token(scope)),
-            self.output_allowance(scope),
-        )
+        return self.estimate_characters(scope, prompt_characters(prompt))
+
+    def estimate_characters(self, scope: str, characters: int) -> TokenEstimate:
+        """The estimate of one attempt of a prompt of ``characters`` characters in ``scope``."""
+        return TokenEstimate(*self.estimate_counts(scope, characters))
+
+    def estimate_counts(self, scope: str, characters: int) -> tuple[int, int]:
+        """:meth:`estimate_characters` as ``(input_tokens, output_tokens)``."""
+        model = self._scopes.get(scope)
+        if model is None:
+            cpt, allowance = self._initial_cpt, self._initial_output
+        else:
+            cpt, allowance = model.cpt, model.allowance
+        input_tokens = math.ceil(characters / cpt)
+        return (input_tokens if input_tokens > 1 else 1), allowance
 
     def __call__(
         self,
@@ -224,9 +234,6 @@ class LearningEstimator:
         """Estimate one attempt in the strategy's quota scope (``"default"`` without one)."""
         return self.estimate(scope_of(strategy), prompt)
 
-    def _weight(self, observations: int) -> float:
-        return max(self._smoothing, 1.0 / observations)
-
     def observe(self, scope: str, prompt_chars: int, usage: Mapping[str, int] | None) -> None:
         """Learn from the usage one attempt of ``prompt_chars`` characters reported.
 
@@ -237,21 +244,40 @@ class LearningEstimator:
             return
         model = self._scopes.get(scope)
         if model is None:
-            model = self._scopes[scope] = _ScopeModel(self._initial_cpt, 1.0)
-        input_tokens = usage.get("input_tokens")
-        if _is_count(input_tokens) and input_tokens > 0 and prompt_chars > 0:
-            model.input_observations += 1
-            weight = self._weight(model.input_observations)
-            model.characters += weight * (prompt_chars - model.characters)
-            model.input_tokens += weight * (input_tokens - model.input_tokens)
-        output_tokens = usage.get("output_tokens")
-        if _is_count(output_tokens):
-            model.output_observations += 1
-            weight = self._weight(model.output_observations)
-            error = output_tokens - model.output_mean
-            model.output_mean += weight * error
-            if model.output_observations > 1:
-                model.output_deviation += weight * (abs(error) - model.output_deviation)
+            model = self._scopes[scope] = _ScopeModel(
+                self._initial_cpt, 1.0, self._initial_cpt, self._initial_output
+            )
+        smoothing = self._smoothing
+        input_tokens: Any = usage.get("input_tokens")
+        if (
+            (type(input_tokens) is int or _is_count(input_tokens))
+            and input_tokens > 0
+            and prompt_chars > 0
+        ):
+            model.input_observations = observations = model.input_observations + 1
+            weight = 1.0 / observations
+            if weight < smoothing:
+                weight = smoothing
+            model.characters = characters = model.characters + weight * (
+                prompt_chars - model.characters
+            )
+            model.input_tokens = tokens = model.input_tokens + weight * (
+                input_tokens - model.input_tokens
+            )
+            model.cpt = characters / tokens
+        output_tokens: Any = usage.get("output_tokens")
+        if output_tokens >= 0 if type(output_tokens) is int else _is_count(output_tokens):
+            model.output_observations = observations = model.output_observations + 1
+            weight = 1.0 / observations
+            if weight < smoothing:
+                weight = smoothing
+            mean = model.output_mean
+            error = output_tokens - mean
+            model.output_mean = mean = mean + weight * error
+            deviation = model.output_deviation
+            if observations > 1:
+                model.output_deviation = deviation = deviation + weight * (abs(error) - deviation)
+            model.allowance = math.ceil(mean + self._deviations * deviation)
 
     def __repr__(self) -> str:
         scopes = ", ".join(
@@ -263,4 +289,6 @@ class LearningEstimator:
 
 
 def _is_count(value: object) -> TypeGuard[int]:
+    if type(value) is int:
+        return value >= 0
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

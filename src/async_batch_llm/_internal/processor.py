@@ -23,7 +23,6 @@ Design notes, for the hot path:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import warnings
@@ -32,6 +31,7 @@ from typing import Any, cast
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
 from async_batch_llm._internal.artifacts.records import ResumePolicy
+from async_batch_llm._internal.attempt_events import attempt_failed_data, strategy_model
 from async_batch_llm._internal.backoff import is_validation_like, retry_wait
 from async_batch_llm._internal.batch import (
     POST_PROCESSOR_EXECUTION_TIMEOUT,
@@ -45,7 +45,12 @@ from async_batch_llm._internal.batch_mode import BatchModeRunner, check_batch_su
 from async_batch_llm._internal.clock import Clock, LoopClock
 from async_batch_llm._internal.cooldown import CooldownCoordinator
 from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
-from async_batch_llm._internal.events import OBSERVER_CALLBACK_TIMEOUT, dispatch
+from async_batch_llm._internal.events import (
+    OBSERVER_CALLBACK_TIMEOUT,
+    Event,
+    dispatch,
+    wants_extended,
+)
 from async_batch_llm._internal.guardrails import (
     BudgetExceededError,
     CostFunctionError,
@@ -64,6 +69,16 @@ from async_batch_llm._internal.quota_runtime import (
 from async_batch_llm._internal.quota_types import EstimateTooLargeError
 from async_batch_llm._internal.rate_limit_headers import HEADER_SINK
 from async_batch_llm._internal.retry_after import retry_after_seconds
+from async_batch_llm._internal.strategy_calls import (
+    EXECUTE_TAKES_STATE,
+    check_call_result,
+    format_error,
+    framework_timeout,
+    method_accepts_state,
+    require_methods,
+    resume_policy,
+    stray_cancellation,
+)
 from async_batch_llm._internal.tokens import add_usage, usage_from_exception
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._types import (
@@ -80,12 +95,11 @@ from async_batch_llm._types import (
 )
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig
 from async_batch_llm.middleware.base import Middleware
-from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
+from async_batch_llm.observers.base import ExtendedEvent, ProcessingEvent, ProcessorObserver
 from async_batch_llm.strategies.errors import (
     DefaultErrorClassifier,
     ErrorClassifier,
     ErrorInfo,
-    FrameworkTimeoutError,
 )
 from async_batch_llm.strategies.rate_limit import ExponentialBackoffStrategy, RateLimitStrategy
 
@@ -138,122 +152,6 @@ class _Final:
     def __init__(self, result: WorkItemResult[Any, Any], skipped: bool) -> None:
         self.result = result
         self.skipped = skipped
-
-
-_BY_KEYWORD = "keyword"
-"""``state`` is a keyword-only parameter: pass it as ``state=...``."""
-
-
-def _accepts_state(method: Callable[..., Any]) -> bool | str:
-    """How a bound ``execute``/``on_error`` takes ``state`` (spec D2).
-
-    ``True``: as its last positional argument; :data:`_BY_KEYWORD`: only by keyword
-    (``*, state=None``); ``False``: not at all.
-    """
-    try:
-        params = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    positional = 0
-    for param in params:
-        if param.name == "state" and param.kind is inspect.Parameter.KEYWORD_ONLY:
-            return _BY_KEYWORD
-        if param.kind is inspect.Parameter.VAR_POSITIONAL or param.name == "state":
-            return True
-        if param.kind in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        ):
-            positional += 1
-    return positional >= 4
-
-
-_STATE_CACHE: dict[tuple[type, str], bool | str] = {}
-
-
-def _method_accepts_state(strategy: object, name: str, method: Callable[..., Any]) -> bool | str:
-    """Decide once per strategy class; instance-level overrides are inspected each time."""
-    if name in getattr(strategy, "__dict__", ()):
-        return _accepts_state(method)
-    key = (type(strategy), name)
-    cached = _STATE_CACHE.get(key)
-    if cached is None:
-        cached = _STATE_CACHE[key] = _accepts_state(method)
-        if name == "execute":
-            _EXECUTE_TAKES_STATE[type(strategy)] = cached
-    return cached
-
-
-_EXECUTE_TAKES_STATE: dict[type, bool | str] = {}
-"""Class-level answers for ``execute``, read inline once per attempt."""
-
-
-def _require_methods(name: str, value: object, methods: tuple[str, ...]) -> None:
-    """Raise ``TypeError`` naming ``name`` unless ``value`` has every method in ``methods``."""
-    missing = [method for method in methods if not callable(getattr(value, method, None))]
-    if missing:
-        wanted = ", ".join(f"{method}()" for method in methods)
-        raise TypeError(
-            f"{name} must be an object with the methods {wanted}; got "
-            f"{type(value).__name__} {value!r:.100}, which lacks {', '.join(missing)}"
-        )
-
-
-def _format_error(exc: BaseException, limit: int) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:limit]}"
-
-
-def _framework_timeout(
-    item_id: str, deadline: TaskDeadline, timeout: float, cancelled: BaseException
-) -> FrameworkTimeoutError:
-    """The error of an attempt its deadline cancelled, chained as under ``asyncio.timeout``.
-
-    ``FrameworkTimeoutError`` from a ``TimeoutError`` from the ``CancelledError``.
-    """
-    timeout_error = TimeoutError()
-    timeout_error.__cause__ = timeout_error.__context__ = cancelled
-    # The limit runs on the event loop's clock, so elapsed is measured on it too (the injected
-    # clock may be virtual).
-    elapsed = asyncio.get_running_loop().time() - (deadline.deadline - timeout)
-    error = FrameworkTimeoutError(
-        f"Framework timeout after {elapsed:.1f}s (limit: {timeout}s)",
-        item_id=item_id,
-        elapsed=elapsed,
-        timeout_limit=timeout,
-    )
-    error.__cause__ = error.__context__ = timeout_error
-    return error
-
-
-class StrayCancellationError(RuntimeError):
-    """A strategy raised ``CancelledError`` while nothing was cancelling the batch.
-
-    That happens when a strategy awaits a task or future that something else cancelled. It fails
-    the attempt like any other error (and is retried as the classifier decides) instead of
-    silently killing the worker and losing the item's result.
-    """
-
-
-def _stray_cancellation(item_id: str, cancelled: BaseException) -> StrayCancellationError:
-    error = StrayCancellationError(
-        f"the strategy raised CancelledError for item {item_id!r} although neither the batch "
-        f"nor the attempt's timeout cancelled it: {cancelled!r}"
-    )
-    error.__cause__ = cancelled
-    return error
-
-
-def _check_call_result(strategy: object, value: object) -> tuple[Any, Mapping[str, Any]]:
-    """Reject an ``execute``/``dry_run`` return value that is not ``(output, usage mapping)``."""
-    if type(value) is tuple and len(value) == 2:
-        usage = value[1]
-        if type(usage) is dict or isinstance(usage, Mapping):
-            return value[0], usage
-    raise TypeError(
-        f"{type(strategy).__name__}.execute() must return a tuple (output, token_usage) whose "
-        f"token_usage is a mapping such as {{'input_tokens': 1, 'output_tokens': 1, "
-        f"'total_tokens': 2}}, got {type(value).__name__}: {value!r:.200}"
-    )
 
 
 class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
@@ -359,21 +257,22 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             middlewares if middlewares is not None else []
         )
         self.observers: list[ProcessorObserver] = observers if observers is not None else []
+        self._extended = False  # set per run by _before_batch
         # Plug-ins are duck-typed; one lacking a method the processor calls is refused here,
         # not discovered (and merely logged) in the middle of a batch.
-        _require_methods(
+        require_methods(
             "rate_limit_strategy",
             self.rate_limit_strategy,
             ("on_rate_limit", "should_apply_slow_start"),
         )
         for index, middleware in enumerate(self.middlewares):
-            _require_methods(
+            require_methods(
                 f"middlewares[{index}]", middleware, ("before_process", "after_process", "on_error")
             )
         for index, observer in enumerate(self.observers):
-            _require_methods(f"observers[{index}]", observer, ("on_event",))
+            require_methods(f"observers[{index}]", observer, ("on_event",))
         if clock is not None:
-            _require_methods("clock", clock, ("time", "sleep"))
+            require_methods("clock", clock, ("time", "sleep"))
         self._clock: Clock = clock if clock is not None else LoopClock()
         self._random: Callable[[], float] = random.random
         self._now: Callable[[], float] = self._clock.time  # refined by _before_batch
@@ -382,7 +281,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._quota: QuotaRuntime | None = None
         self._discoveries: dict[int, HeaderDiscovery] = {}
         self.artifact_store = artifact_store
-        self.resume = _resume_policy(resume, artifact_store)
+        self.resume = resume_policy(resume, artifact_store)
         # One reusable attempt deadline per running worker (cheaper than asyncio.timeout).
         self._deadlines: dict[int, TaskDeadline] = {}
         # This run's guardrails: fail-fast, budgets, deadlines (_internal/guardrails.py).
@@ -398,7 +297,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         )
 
     async def _emit(
-        self, event: ProcessingEvent, data: dict[str, Any], deadline: TaskDeadline | None = None
+        self, event: Event, data: dict[str, Any], deadline: TaskDeadline | None = None
     ) -> None:
         """Deliver an event; a worker passes its idle deadline to bound observers cheaply."""
         if self.observers:
@@ -406,6 +305,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
 
     async def _before_batch(self) -> None:
         config = self.config
+        # Observers that asked for the events added after 0.6.0 (ExtendedEvent).
+        self._extended = wants_extended(self.observers)
         self.max_workers = config.max_workers
         self._progress_interval = config.progress_interval
         self.progress_callback_timeout = config.progress_callback_timeout
@@ -492,11 +393,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         observing = bool(self.observers)
         if observing:
             await self._emit(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})
-        discovery: HeaderDiscovery | None = None
-        if self._quota is None:
-            # The worker task has its own context copy: this sink is the worker's alone.
-            discovery = self._discoveries[worker_id] = HeaderDiscovery(self._enable_quota)
-            HEADER_SINK.set(discovery)
+        # The worker task has its own context copy: this sink is the worker's alone.
+        discovery = self._discoveries[worker_id] = HeaderDiscovery(self._enable_quota)
+        HEADER_SINK.set(discovery)
         queue = self._queue
         cooldown = self._cooldown
         post = self.post_processor
@@ -545,32 +444,53 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                         await cooldown.wait_resumed()
                 strategy = item.strategy
                 ref = prepared.get(id(strategy))
-                if ref is None or ref() is not strategy or slow or self._quota is not None:
+                quota = self._quota
+                admission: Admission | None = None
+                if (
+                    ref is None
+                    or ref() is not strategy
+                    or slow
+                    or (
+                        quota is not None
+                        and (admission := quota.admit_now(item.prompt, strategy)) is None
+                    )
+                ):
                     result = await self._process_item(item, worker_id)
                 else:
-                    # The common case, awaited right here: the strategy is prepared and only
-                    # observers may run around the call (no middleware, quota admission or dry
-                    # run), so attempt 1 is _attempt() without its coroutine (keep the two in
-                    # step). A failure continues in _process_item() as attempt 1's.
-                    if discovery is not None:
+                    # The common case, awaited right here: the strategy is prepared, quota
+                    # admission (if on) granted at once, and only observers may run around the
+                    # call (no middleware or dry run), so attempt 1 is _attempt() without its
+                    # coroutine (keep the two in step). A failure continues in _process_item()
+                    # as attempt 1's.
+                    if admission is None:
                         discovery.strategy = strategy
+                    else:
+                        assert quota is not None
+                        quota.note_admission(worker_id, item, admission)
                     observers = self.observers
                     if observers:
-                        await dispatch(
-                            observers,
-                            ProcessingEvent.ITEM_STARTED,
-                            {"item_id": item.item_id, "worker_id": worker_id},
-                            OBSERVER_CALLBACK_TIMEOUT,
-                            deadline,
-                        )
+                        try:
+                            await dispatch(
+                                observers,
+                                ProcessingEvent.ITEM_STARTED,
+                                {"item_id": item.item_id, "worker_id": worker_id},
+                                OBSERVER_CALLBACK_TIMEOUT,
+                                deadline,
+                            )
+                        except BaseException:
+                            if admission is not None:  # the call never started
+                                admission.cancel()
+                            raise
                     started = now() if observers else 0.0
                     state = RetryState()
                     timeout = config.timeout_per_item
                     execute = strategy.execute
-                    takes_state = _EXECUTE_TAKES_STATE.get(type(strategy))
+                    takes_state = EXECUTE_TAKES_STATE.get(type(strategy))
                     if takes_state is None or "execute" in getattr(strategy, "__dict__", ()):
-                        takes_state = _method_accepts_state(strategy, "execute", execute)
+                        takes_state = method_accepts_state(strategy, "execute", execute)
                     error: Exception | None = None
+                    if admission is not None:
+                        discovery.gate = admission.gate  # its headers go to its gate
                     deadline.start(timeout)
                     try:
                         if takes_state is True:
@@ -583,11 +503,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                             returned = await cast(Any, execute)(item.prompt, 1, timeout)
                     except asyncio.CancelledError as cancelled:
                         if deadline.stop():
-                            error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                            error = framework_timeout(item.item_id, deadline, timeout, cancelled)
                         elif deadline.task.cancelling():
                             raise
                         else:
-                            error = _stray_cancellation(item.item_id, cancelled)
+                            error = stray_cancellation(item.item_id, cancelled)
                     except Exception as call_error:
                         deadline.stop()
                         error = call_error
@@ -606,11 +526,15 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                             try:
                                 output, usage = cast(
                                     "tuple[TOutput, TokenUsage]",
-                                    _check_call_result(strategy, returned),
+                                    check_call_result(strategy, returned),
                                 )
                             except TypeError as shape_error:
                                 error = shape_error
+                    finally:
+                        discovery.gate = None
                     if error is None:
+                        if admission is not None:
+                            admission.settle(usage)
                         result = WorkItemResult(
                             item.item_id, True, output, None, item.context, usage
                         )
@@ -619,7 +543,14 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                                 "item_id": item.item_id,
                                 "duration": now() - started,
                                 "tokens": usage.get("total_tokens", 0),
+                                "input_tokens": usage.get("input_tokens", 0),
+                                "output_tokens": usage.get("output_tokens", 0),
                             }
+                            model = strategy_model(strategy)
+                            if model is not None:
+                                data["model"] = model
+                            if quota is not None:
+                                data.update(quota.item_event_fields(worker_id, item))
                             if journal is not None:  # published once committed
                                 deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
                             else:
@@ -633,6 +564,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                         if cooldown.consecutive:
                             cooldown.reset_consecutive()
                     else:
+                        if admission is not None:
+                            admission.settle(usage_from_exception(error))
                         result = await self._process_item(item, worker_id, (state, error))
             except asyncio.CancelledError:
                 why = slot.interrupt
@@ -647,7 +580,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 result = WorkItemResult(
                     item_id=item.item_id,
                     success=False,
-                    error=_format_error(exc, 200),
+                    error=format_error(exc, 200),
                     context=item.context,
                     token_usage={},
                     error_category="unknown",
@@ -670,7 +603,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             del self._deadlines[worker_id]
         if guard.slots.get(worker_id) is slot:
             del guard.slots[worker_id]
-        if discovery is not None and self._discoveries.get(worker_id) is discovery:
+        if self._discoveries.get(worker_id) is discovery:
             del self._discoveries[worker_id]
         if observing:
             await self._emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
@@ -834,7 +767,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         return WorkItemResult(
             item_id=item.item_id,
             success=False,
-            error=_format_error(exc, limit),
+            error=format_error(exc, limit),
             context=item.context,
             token_usage=usage,
             error_category=category,
@@ -851,6 +784,10 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             data: dict[str, Any] = {"item_id": item_id, "error_type": error_type}
             if self._quota is not None and worker_id is not None:
                 data.update(self._quota.item_event_fields(worker_id, item))
+            if self._guard.priced and worker_id is not None:
+                slot = self._guard.slots.get(worker_id)
+                if slot is not None and slot.spent_for is item:
+                    data["cost"] = slot.cost
             if self._journal is not None:
                 self._deferred[item_id] = (ProcessingEvent.ITEM_FAILED, data)
             else:
@@ -883,6 +820,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if self.middlewares:
             replaced = await self._middleware_before(item)
             if replaced is None:
+                if self._extended:
+                    skipped = attempt_failed_data(
+                        item.item_id, worker_id, attempt, item.strategy, None, None
+                    )
+                    await self._emit(ExtendedEvent.ATTEMPT_FAILED, skipped, deadline)
                 return _Final(
                     WorkItemResult(
                         item_id=item.item_id,
@@ -901,9 +843,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 charge = await ledger.reserve(work.prompt, strategy, attempt, state)
             except BudgetExceededError as over:
                 self._guard.stop("budget_exceeded", str(over), None, item.item_id)
-                return _Failure(over, _REFUSED, "budget_exceeded", at_attempt=True)
+                failure = _Failure(over, _REFUSED, "budget_exceeded", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure)
             except (TokenEstimatorError, CostFunctionError) as refused:
-                return _Failure(refused, _UNCLASSIFIED, "unknown", at_attempt=True)
+                failure = _Failure(refused, _UNCLASSIFIED, "unknown", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure)
         quota = self._quota
         admission: Admission | None = None
         sink_token = None
@@ -913,7 +857,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             except (TokenEstimatorError, EstimateTooLargeError) as refused:
                 if charge is not None:
                     ledger.release(charge)  # type: ignore[union-attr]  # set with charge
-                return _Failure(refused, _REFUSED, "bad_request", at_attempt=True)
+                failure = _Failure(refused, _REFUSED, "bad_request", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure)
             quota.note_admission(worker_id, item, admission)
             sink_token = HEADER_SINK.set(admission.gate.observe_headers)
         else:
@@ -926,15 +871,15 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             slot.calling = True  # a budget stop lets this call finish: it is paid for
         try:
             if config.dry_run:
-                output, usage = _check_call_result(strategy, await strategy.dry_run(work.prompt))
+                output, usage = check_call_result(strategy, await strategy.dry_run(work.prompt))
             else:
                 timeout = config.timeout_per_item
                 execute = strategy.execute
                 # Same semantics as `async with asyncio.timeout(timeout)`, without a timer per
                 # attempt: cancel execute() at the deadline, turn that into TimeoutError.
-                takes_state = _EXECUTE_TAKES_STATE.get(type(strategy))
+                takes_state = EXECUTE_TAKES_STATE.get(type(strategy))
                 if takes_state is None or "execute" in getattr(strategy, "__dict__", ()):
-                    takes_state = _method_accepts_state(strategy, "execute", execute)
+                    takes_state = method_accepts_state(strategy, "execute", execute)
                 deadline.start(timeout)
                 try:
                     if takes_state is True:
@@ -947,11 +892,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                         returned = await cast(Any, execute)(work.prompt, attempt, timeout)
                 except asyncio.CancelledError as cancelled:
                     if deadline.stop():
-                        error = _framework_timeout(item.item_id, deadline, timeout, cancelled)
+                        error = framework_timeout(item.item_id, deadline, timeout, cancelled)
                         raise error from error.__cause__
                     if deadline.task.cancelling():
                         raise
-                    raise _stray_cancellation(item.item_id, cancelled) from cancelled
+                    raise stray_cancellation(item.item_id, cancelled) from cancelled
                 except BaseException:
                     deadline.stop()
                     raise
@@ -959,15 +904,19 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 if type(returned) is tuple and len(returned) == 2 and type(returned[1]) is dict:
                     output, usage = returned  # the common shape, checked inline
                 else:
-                    output, usage = _check_call_result(strategy, returned)
+                    output, usage = check_call_result(strategy, returned)
         except Exception as exc:
             if admission is not None:
                 admission.settle(usage_from_exception(exc))
             if charge is not None:
                 ran = isinstance(exc, TimeoutError)
-                unpriced = self._guard.settle(charge, usage_from_exception(exc), worker_id, ran)
+                spent = usage_from_exception(exc)
+                unpriced = self._guard.settle(charge, spent, worker_id, ran)
                 if unpriced is not None:
-                    return _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
+                    failure = _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
+                    return await self._ended_without_result(
+                        item, worker_id, attempt, failure, spent
+                    )
             return await self._attempt_failed(item, strategy, exc, attempt, state, worker_id)
         except BaseException:
             if charge is not None:  # cancelled mid-call: it may have been billed
@@ -983,7 +932,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if charge is not None:
             unpriced = self._guard.settle(charge, usage, worker_id, False)
             if unpriced is not None:
-                return _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
+                failure = _Failure(unpriced, _UNCLASSIFIED, "unknown", at_attempt=True)
+                return await self._ended_without_result(item, worker_id, attempt, failure, usage)
 
         # Positional: half the cost of keywords on the hot path. Field order is
         # (item_id, success, output, error, context, token_usage, gemini_safety_ratings).
@@ -1002,9 +952,16 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                 "item_id": item.item_id,
                 "duration": now() - started,
                 "tokens": usage.get("total_tokens", 0),
+                "input_tokens": usage.get("input_tokens", 0),
+                "output_tokens": usage.get("output_tokens", 0),
             }
+            model = strategy_model(strategy)
+            if model is not None:
+                data["model"] = model
             if quota is not None:
                 data.update(quota.item_event_fields(worker_id, item))
+            if slot is not None and self._guard.priced:
+                data["cost"] = slot.cost  # the item's, every attempt so far
             if self._journal is not None:  # published once committed
                 self._deferred[item.item_id] = (ProcessingEvent.ITEM_COMPLETED, data)
             else:
@@ -1019,6 +976,25 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         if cooldown.consecutive:
             cooldown.reset_consecutive()
         return result
+
+    async def _ended_without_result(
+        self,
+        item: LLMWorkItem[TInput, TOutput, TContext],
+        worker_id: int,
+        attempt: int,
+        failure: _Failure,
+        usage: Mapping[str, Any] | None = None,
+    ) -> _Failure:
+        """Tell observers an attempt ended without a call's error to classify; return it.
+
+        ``usage``: what the call reported, when it ran (else read from the exception).
+        """
+        if self._extended:
+            data = attempt_failed_data(
+                item.item_id, worker_id, attempt, item.strategy, failure.exc, failure.info, usage
+            )
+            await self._emit(ExtendedEvent.ATTEMPT_FAILED, data, self._deadline_for(worker_id))
+        return failure
 
     async def _admit(
         self,
@@ -1059,7 +1035,7 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         try:
             # Bounded like the call itself: a hanging on_error must not hang the item.
             async with asyncio.timeout(self.config.timeout_per_item):
-                takes_state = _method_accepts_state(strategy, "on_error", on_error)
+                takes_state = method_accepts_state(strategy, "on_error", on_error)
                 if takes_state is True:
                     await on_error(exc, attempt, state)
                 elif takes_state:
@@ -1070,7 +1046,13 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             logger.exception("strategy on_error failed for item %s", item.item_id)
         info = self._classify(exc, item.item_id)
         category = item_category(exc, info)
-        if category in self._guard.abort_on:  # fail fast: stop the whole batch now
+        abort = category in self._guard.abort_on
+        if self._extended:
+            data = attempt_failed_data(item.item_id, worker_id, attempt, strategy, exc, info)
+            if abort or category == "insufficient_quota":
+                data["retryable"] = False  # ends the item whatever the classifier said
+            await self._emit(ExtendedEvent.ATTEMPT_FAILED, data)
+        if abort:  # fail fast: stop the whole batch now
             self._guard.fail_fast(category, item.item_id, exc)
             return _Failure(exc, info, category, at_attempt=True)
         if category == "insufficient_quota":  # out of credit: waiting or retrying cannot help
@@ -1139,25 +1121,6 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if supplied is not None:
                 return supplied
         return None
-
-
-def _resume_policy(resume: object, store: object) -> ResumePolicy:
-    """Validate ``resume`` (a :class:`ResumePolicy` or its value) against ``artifact_store``."""
-    if store is not None and not isinstance(store, ArtifactStore):
-        raise TypeError(
-            "artifact_store must be an ArtifactStore (SqliteArtifactStore, JsonlArtifactStore or "
-            f"a subclass), got {type(store).__name__}: {store!r:.100}"
-        )
-    try:
-        policy = ResumePolicy(resume)
-    except ValueError:
-        allowed = ", ".join(repr(p.value) for p in ResumePolicy)
-        raise ValueError(f"resume must be one of {allowed}, got {resume!r:.100}") from None
-    if policy is not ResumePolicy.NONE and store is None:
-        raise ValueError(
-            f"resume={policy.value!r} reuses stored results, so it needs an artifact_store"
-        )
-    return policy
 
 
 def _merged_usage(spent: dict[str, int], final: Mapping[str, Any]) -> TokenUsage:

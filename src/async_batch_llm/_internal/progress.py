@@ -13,7 +13,13 @@ from typing import Any
 
 from async_batch_llm.observers.base import ProcessingEvent
 
-__all__ = ["ProgressSnapshot", "ProgressTracker", "format_duration", "format_line"]
+__all__ = [
+    "ProgressSnapshot",
+    "ProgressTracker",
+    "format_cost",
+    "format_duration",
+    "format_line",
+]
 
 _WINDOW = 60.0
 """Seconds of the rate windows (requests and tokens per minute)."""
@@ -40,6 +46,11 @@ class ProgressSnapshot:
         rate_limits: rate-limit answers seen.
         eta: seconds until every item is done at the current throughput, when computable.
         finished: the batch has completed.
+        spend: dollars of the items finished so far, once an item event carried a ``cost``
+            (a ``cost_function`` prices the calls); ``None`` before.
+        projected_cost: ``spend`` plus the spend per priced item times the items left (the
+            whole batch's cost at the current average), when the total is known; equal to
+            ``spend`` once the batch has completed.
     """
 
     total: int | None
@@ -58,6 +69,8 @@ class ProgressSnapshot:
     rate_limits: int
     eta: float | None
     finished: bool
+    spend: float | None = None
+    projected_cost: float | None = None
 
 
 class ProgressTracker:
@@ -92,6 +105,8 @@ class ProgressTracker:
         self._cooldown_until: float | None = None
         self._scopes: set[str] = set()
         self._learned: dict[str, float] = {}
+        self.spend: float | None = None
+        self.priced = 0  # finished items whose event carried a cost
 
     def on_event(self, event: ProcessingEvent, data: Mapping[str, Any], now: float) -> None:
         """Fold one event in; ``now`` is the tracker's clock reading (seconds)."""
@@ -139,6 +154,14 @@ class ProgressTracker:
         item_id = str(data.get("item_id"))
         self._in_flight.discard(item_id)
         self._attempted.discard(item_id)
+        cost = data.get("cost")
+        if (
+            isinstance(cost, int | float)
+            and not isinstance(cost, bool)
+            and 0 <= cost < float("inf")
+        ):
+            self.spend = (self.spend or 0.0) + float(cost)
+            self.priced += 1
 
     def _note_limits(self, data: Mapping[str, Any]) -> None:
         """Keep the limits the quota gate reports (declared or learned from headers)."""
@@ -181,6 +204,13 @@ class ProgressTracker:
             eta = 0.0
         elif self.total is not None and rate > 0:
             eta = max(0, self.total - done) / rate
+        projected: float | None = None
+        spend = self.spend
+        if spend is not None:
+            if self.finished_at is not None:
+                projected = spend
+            elif self.total is not None and self.priced:
+                projected = spend + spend / self.priced * max(0, self.total - done)
         cooldown = None
         if self._cooldown_until is not None and self.finished_at is None:
             cooldown = max(0.0, self._cooldown_until - now)
@@ -201,6 +231,8 @@ class ProgressTracker:
             rate_limits=self.rate_limits,
             eta=eta,
             finished=self.finished_at is not None,
+            spend=spend,
+            projected_cost=projected,
         )
 
 
@@ -214,6 +246,17 @@ def format_duration(seconds: float | None) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_cost(dollars: float | None) -> str:
+    """``"—"`` for unknown, else dollars: ``"$0.000045"``, ``"$0.0123"`` or ``"$1,234.56"``."""
+    if dollars is None:
+        return "—"
+    if dollars < 0.01:
+        return f"${dollars:.6f}"
+    if dollars < 1:
+        return f"${dollars:.4f}"
+    return f"${dollars:,.2f}"
 
 
 def format_rate(value: float, limit: float | None) -> str:
@@ -237,7 +280,12 @@ def format_line(snap: ProgressSnapshot) -> str:
     ]
     if snap.cooldown_remaining is not None:
         parts.append(f"cooldown {format_duration(snap.cooldown_remaining)}")
-    parts.append("spend —")
+    if snap.spend is None:
+        parts.append("spend —")
+    else:
+        parts.append(
+            f"spend {format_cost(snap.spend)} (projected {format_cost(snap.projected_cost)})"
+        )
     parts.append(f"elapsed {format_duration(snap.elapsed)}")
     parts.append("done" if snap.finished else f"ETA {format_duration(snap.eta)}")
     return " | ".join(parts)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from async_batch_llm._internal.admission import (
     AdmissionGate,
@@ -40,7 +40,11 @@ from async_batch_llm._internal.admission import (
 from async_batch_llm._internal.clock import Clock
 from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
-from async_batch_llm._internal.quota_types import TokenEstimate, TokenEstimator
+from async_batch_llm._internal.quota_types import (
+    EstimateTooLargeError,
+    TokenEstimate,
+    TokenEstimator,
+)
 
 if TYPE_CHECKING:
     from async_batch_llm._types import RetryState
@@ -56,7 +60,6 @@ __all__ = [
 ]
 
 _NO_TOKENS = TokenEstimate(0, 0)
-_TOKEN_DIMENSIONS = ("tokens", "input_tokens", "output_tokens")
 
 
 class TokenEstimatorError(Exception):
@@ -84,39 +87,32 @@ def _describe(estimator: object) -> str:
     return f"{type(estimator).__qualname__} object"
 
 
-class Admission:
-    """One attempt's admitted reservation, with what the learning estimator needs afterwards.
+class Admission(Reservation):
+    """One attempt's reservation, with what the learning estimator needs afterwards.
+
+    Made by the gate (``kind=Admission``); the runtime then sets the learner and the prompt's
+    characters.
 
     Attributes:
-        gate: the gate of the attempt's quota scope (its ``observe_headers`` is the header sink).
-        reservation: the reservation to settle.
         waited: seconds the attempt waited for admission.
     """
 
-    __slots__ = ("_learn_chars", "_learner", "gate", "reservation", "waited")
+    __slots__ = ("_learn_chars", "_learner")
 
-    def __init__(
-        self,
-        gate: AdmissionGate,
-        reservation: Reservation,
-        learner: LearningEstimator | None,
-        learn_chars: int,
-    ) -> None:
-        self.gate = gate
-        self.reservation = reservation
-        self.waited = reservation.waited
-        self._learner = learner
-        self._learn_chars = learn_chars
+    _learner: LearningEstimator | None
+    _learn_chars: int
+
+    @property
+    def reservation(self) -> Reservation:
+        """The reservation to settle: the admission itself."""
+        return self
 
     def settle(self, usage: Mapping[str, Any] | None) -> None:
         """The call ran: reconcile with ``usage`` (``None`` keeps the estimate), learn from it."""
-        self.reservation.reconcile(usage)
-        if usage and self._learner is not None:
-            self._learner.observe(self.gate.scope, self._learn_chars, usage)
-
-    def cancel(self) -> None:
-        """The call never started: give the whole reservation back."""
-        self.reservation.cancel()
+        self.reconcile(usage)
+        learner = self._learner
+        if usage and learner is not None:
+            learner.observe(self.gate.scope, self._learn_chars, usage)
 
 
 def quota_event_fields(stats: GateStatistics, admission_wait: float) -> dict[str, Any]:
@@ -159,6 +155,8 @@ class QuotaRuntime:
         self.registry = registry
         self.estimator = estimator
         self.learner = LearningEstimator()
+        # admit_now()'s decision per strategy object: (the strategy, its gate or None).
+        self._fast: dict[int, tuple[object, AdmissionGate | None]] = {}
         self._item_waits: dict[int, _ItemWait] = {}  # by worker id: one item at a time each
 
     def note_admission(self, worker_id: int, item: object, admission: Admission) -> None:
@@ -211,6 +209,43 @@ class QuotaRuntime:
             )
         return estimate
 
+    def admit_now(self, prompt: Any, strategy: object) -> Admission | None:
+        """:meth:`admit` when it can be done without waiting, else ``None`` (nothing taken).
+
+        The processor's fast path: ``None`` when a token estimator is configured or the
+        strategy has its own ``estimate_tokens`` (either may be a coroutine), when the
+        reservation has to wait, and when it would fail; :meth:`admit` then does it all.
+        Whether a strategy object qualifies, and its quota scope, are decided on its first
+        attempt of the run.
+        """
+        known = self._fast.get(id(strategy))
+        gate = known[1] if known is not None and known[0] is strategy else self._fast_gate(strategy)
+        if gate is None:
+            return None
+        chars = len(prompt) if type(prompt) is str else prompt_characters(prompt)
+        learner = self.learner
+        if gate.token_limited:
+            input_tokens, output_tokens = learner.estimate_counts(gate.scope, chars)
+        else:
+            input_tokens = output_tokens = 0
+        try:
+            admission: Any = gate.try_reserve_tokens(input_tokens, output_tokens, Admission)
+        except EstimateTooLargeError:
+            return None
+        if admission is not None:
+            admission._learner = learner
+            admission._learn_chars = chars
+        return cast("Admission | None", admission)
+
+    def _fast_gate(self, strategy: object) -> AdmissionGate | None:
+        """The gate :meth:`admit_now` uses for ``strategy`` (``None``: never the fast path)."""
+        own = self.estimator is not None or callable(getattr(strategy, "estimate_tokens", None))
+        gate = None if own else self.registry.gate(scope_of(strategy))
+        # The strategy itself is kept (a run's strategies outlive it anyway), so its id()
+        # cannot be reused by another object while the entry exists.
+        self._fast[id(strategy)] = (strategy, gate)
+        return gate
+
     async def admit(
         self, prompt: Any, strategy: object, attempt: int, state: RetryState | None
     ) -> Admission:
@@ -241,32 +276,41 @@ class QuotaRuntime:
         else:
             learner = self.learner
             chars = prompt_characters(prompt)
-            if any(gate.limit(dimension) is not None for dimension in _TOKEN_DIMENSIONS):
-                estimate = learner.estimate(gate.scope, prompt)
+            if gate.token_limited:
+                estimate = learner.estimate_characters(gate.scope, chars)
             else:
                 estimate = _NO_TOKENS
-        reservation = await gate.reserve(estimate)
-        return Admission(gate, reservation, learner, chars)
+        admission = cast(Admission, await gate.reserve(estimate, Admission))
+        admission._learner = learner
+        admission._learn_chars = chars
+        return admission
 
 
 class HeaderDiscovery:
-    """A worker's header sink while no limit is declared: the first limit turns admission on.
+    """A worker's header sink: to the admitted attempt's gate, else it discovers limits.
 
-    The worker sets :attr:`strategy` before each call. Headers that carry a rate limit make the
-    processor's :class:`QuotaRuntime` (through ``enable``) and go to the gate of the strategy's
-    scope; from then on every attempt goes through admission.
+    During an attempt the worker admitted itself, :attr:`gate` is that attempt's gate and the
+    headers go there (cheaper than setting the context's sink for every attempt). Otherwise,
+    while no limit is known, the worker sets :attr:`strategy` before each call: headers that
+    carry a rate limit make the processor's :class:`QuotaRuntime` (through ``enable``) and go to
+    the gate of the strategy's scope; from then on every attempt goes through admission.
 
     Args:
         enable: returns the processor's runtime, making it on first use.
     """
 
-    __slots__ = ("_enable", "strategy")
+    __slots__ = ("_enable", "gate", "strategy")
 
     def __init__(self, enable: Callable[[], QuotaRuntime]) -> None:
         self._enable = enable
         self.strategy: object = None
+        self.gate: AdmissionGate | None = None
 
     def __call__(self, headers: Mapping[str, str]) -> None:
+        gate = self.gate
+        if gate is not None:
+            gate.observe_headers(headers)
+            return
         snapshots = parse_rate_limit_headers(headers, now=time.time())
         if not any(snapshot.limit is not None for snapshot in snapshots):
             return  # nothing to learn a limit from: stay on the fast path

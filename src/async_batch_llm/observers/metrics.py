@@ -141,6 +141,10 @@ class MetricsObserver(BaseObserver):
         self.metrics: dict[str, Any] = _initial_metrics()
         self._samples: deque[float] = deque(maxlen=max_processing_samples)
         self._quota: dict[str, _ScopeQuota] = {}
+        # Dollars from the items' ``cost`` (None until an event carried one), by model/scope.
+        self._cost: float | None = None
+        self._cost_by_model: dict[str, float] = {}
+        self._cost_by_scope: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -170,6 +174,10 @@ class MetricsObserver(BaseObserver):
             if quota is None:
                 quota = self._quota[scope] = _ScopeQuota()
             quota.record(data)
+        if "cost" in data and (
+            event is ProcessingEvent.ITEM_COMPLETED or event is ProcessingEvent.ITEM_FAILED
+        ):
+            self._record_cost(data)
         if event is ProcessingEvent.ITEM_COMPLETED:
             m["items_processed"] += 1
             m["items_succeeded"] += 1
@@ -189,6 +197,21 @@ class MetricsObserver(BaseObserver):
             m["rate_limits_hit"] += 1
         elif event is ProcessingEvent.COOLDOWN_ENDED and "duration" in data:
             m["total_cooldown_time"] += data["duration"]
+
+    def _record_cost(self, data: Mapping[str, Any]) -> None:
+        cost = data["cost"]
+        if isinstance(cost, bool) or not isinstance(cost, int | float):
+            return  # not a price (None, text): nothing known
+        if not (cost >= 0 and math.isfinite(cost)):
+            return
+        cost = float(cost)
+        self._cost = (self._cost or 0.0) + cost
+        model = data.get("model")
+        if isinstance(model, str) and model:
+            self._cost_by_model[model] = self._cost_by_model.get(model, 0.0) + cost
+        scope = data.get("quota_scope")
+        if isinstance(scope, str) and scope:
+            self._cost_by_scope[scope] = self._cost_by_scope.get(scope, 0.0) + cost
 
     async def get_metrics(self) -> dict[str, Any]:
         """Return a snapshot of the counters with derived values.
@@ -211,6 +234,13 @@ class MetricsObserver(BaseObserver):
             so far when it is younger: reserved estimates corrected by the usage providers
             reported) and ``<dimension>_per_minute_limit`` (the limit in force, declared or
             learned from headers; ``None`` when none is).
+
+            Once an item event carried a ``cost`` (a ``cost_function`` prices the calls, see
+            ``GuardrailConfig``), three more keys follow: ``total_cost`` (dollars of every
+            item's attempts so far, failed items included), ``cost_by_model`` (dollars by the
+            ``model`` the events name: ``ITEM_COMPLETED`` names it) and
+            ``cost_by_quota_scope`` (dollars by quota scope; empty without quota admission).
+            Without priced calls these keys are absent.
         """
         async with self._lock:
             m = self.metrics
@@ -237,6 +267,10 @@ class MetricsObserver(BaseObserver):
                 snapshot["admission_wait_count"] = waits
                 snapshot["avg_admission_wait"] = total / waits if waits else 0
                 snapshot["quota"] = scopes
+            if self._cost is not None:
+                snapshot["total_cost"] = self._cost
+                snapshot["cost_by_model"] = dict(self._cost_by_model)
+                snapshot["cost_by_quota_scope"] = dict(self._cost_by_scope)
             return snapshot
 
     async def export_dict(self) -> dict[str, Any]:
@@ -259,7 +293,11 @@ class MetricsObserver(BaseObserver):
         labelled by ``quota_scope`` follow: ``async_batch_llm_admission_wait_seconds`` (a
         summary: ``_sum`` and ``_count``), then ``async_batch_llm_quota_used_per_minute`` and
         ``async_batch_llm_quota_limit_per_minute`` (gauges, also labelled by ``dimension``;
-        a limit only where one is in force). The text ends with a single newline.
+        a limit only where one is in force). With a known cost (see :meth:`get_metrics`),
+        ``async_batch_llm_cost_dollars_total`` (a counter, the total) follows, then, when
+        known, ``async_batch_llm_cost_dollars_by_model_total`` (labelled by ``model``) and
+        ``async_batch_llm_cost_dollars_by_quota_scope_total`` (labelled by ``quota_scope``).
+        The text ends with a single newline.
 
         Returns:
             The exposition text, ready to serve on a ``/metrics`` endpoint.
@@ -286,6 +324,12 @@ class MetricsObserver(BaseObserver):
         quota: dict[str, dict[str, Any]] = snapshot.get("quota", {})
         if quota:
             lines += _quota_families(quota)
+        if "total_cost" in snapshot:
+            lines += _cost_family(
+                snapshot["total_cost"],
+                snapshot["cost_by_model"],
+                snapshot["cost_by_quota_scope"],
+            )
         return "\n".join(lines)
 
     def reset(self) -> None:
@@ -294,6 +338,9 @@ class MetricsObserver(BaseObserver):
         self.metrics.update(_initial_metrics())
         self._samples.clear()
         self._quota.clear()
+        self._cost = None
+        self._cost_by_model.clear()
+        self._cost_by_scope.clear()
 
 
 def _quota_families(quota: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -331,4 +378,31 @@ def _quota_families(quota: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if value is not None:
                 lines.append(f'{limit}{{{label},dimension="{dimension}"}} {value}')
     lines.append("")
+    return lines
+
+
+def _cost_family(
+    total: float, by_model: Mapping[str, float], by_scope: Mapping[str, float]
+) -> list[str]:
+    """The Prometheus lines of the spend (see ``export_prometheus``)."""
+    name = _PROMETHEUS_PREFIX + "cost_dollars_total"
+    lines = [
+        f"# HELP {name} Dollars spent on provider calls (priced by the cost_function)",
+        f"# TYPE {name} counter",
+        f"{name} {total}",
+        "",
+    ]
+    for label, costs in (("model", by_model), ("quota_scope", by_scope)):
+        if not costs:
+            continue
+        family = f"{_PROMETHEUS_PREFIX}cost_dollars_by_{label}_total"
+        lines += [
+            f"# HELP {family} Dollars spent on provider calls by {label.replace('_', ' ')}",
+            f"# TYPE {family} counter",
+        ]
+        lines += [
+            f'{family}{{{label}="{_escape_label_value(key)}"}} {cost}'
+            for key, cost in costs.items()
+        ]
+        lines.append("")
     return lines

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Self
 from async_batch_llm._internal.progress import (
     ProgressSnapshot,
     ProgressTracker,
+    format_cost,
     format_duration,
     format_line,
     format_rate,
@@ -42,8 +43,10 @@ class RichProgressObserver(BaseObserver):
 
     Pass it in ``observers=[...]``. It starts drawing at ``BATCH_STARTED`` and stops at
     ``BATCH_COMPLETED``; call :meth:`close` (or use it as a context manager) to stop it when a
-    batch ends otherwise (cancelled, failed). Spend and projected total show ``"—"`` until the
-    run has a cost function.
+    batch ends otherwise (cancelled, failed). Spend so far and the projected total come from
+    the ``cost`` of item events, so they show ``"—"`` unless a ``cost_function`` prices the
+    calls (``GuardrailConfig``); the projection is the spend so far plus the average spend
+    per priced item times the items left.
 
     Args:
         total: number of items, when the processor cannot know it (a streamed source);
@@ -194,7 +197,10 @@ class RichProgressObserver(BaseObserver):
             "Cooldown",
             "—" if cooldown is None else f"[yellow]{format_duration(cooldown)} left[/yellow]",
         )
-        table.add_row("Spend / projected", "— / —")
+        table.add_row(
+            "Spend / projected",
+            f"{format_cost(snap.spend)} / {format_cost(snap.projected_cost)}",
+        )
         table.add_row("Elapsed", format_duration(snap.elapsed))
         table.add_row("ETA", "done" if snap.finished else format_duration(snap.eta))
         return Panel(table, title=self.title, expand=False)
