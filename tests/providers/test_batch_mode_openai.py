@@ -29,7 +29,7 @@ from async_batch_llm._strategies.batch_api import BatchLimits
 from async_batch_llm.core import GuardrailConfig, PriceTable
 from async_batch_llm.llm_strategies import OpenAIStrategy
 from async_batch_llm.middleware import BaseMiddleware
-from async_batch_llm.observers import ProcessingEvent
+from async_batch_llm.observers import ExtendedEvent, ProcessingEvent
 from async_batch_llm.testing.servers import (
     BatchTiming,
     ErrorResponse,
@@ -333,19 +333,44 @@ async def test_observers_see_job_events_and_line_results(
     server: OpenAIServer, client: openai.AsyncOpenAI, clock: JumpClock
 ) -> None:
     strategy = OpenAIStrategy(client, "gpt-4o-mini")
-    recorder = EventRecorder()
-    await run([(f"o{i}", strategy, f"observe {i}") for i in range(3)], clock, observers=[recorder])
+    recorder = ExtendedRecorder()
+    plain = EventRecorder()  # a 0.6.0 observer: no job events
+    await run(
+        [(f"o{i}", strategy, f"observe {i}") for i in range(3)],
+        clock,
+        observers=[recorder, plain],
+    )
     job_id = next(iter(server.batch_jobs))
-    submitted = [d for d in recorder.of(ProcessingEvent.WORKER_STARTED) if "batch_job" in d]
-    finished = [d for d in recorder.of(ProcessingEvent.WORKER_STOPPED) if "batch_job" in d]
-    assert [d["batch_job"]["event"] for d in submitted] == ["submitted"]
-    assert submitted[0]["batch_job"]["id"] == job_id
-    assert submitted[0]["batch_job"]["requests"] == 3
-    assert [d["batch_job"]["state"] for d in finished] == ["completed"]
-    assert finished[0]["batch_job"]["completed"] == 3
-    completed = recorder.of(ProcessingEvent.ITEM_COMPLETED)
+    jobs = [
+        (event, data)
+        for event, data in recorder.events
+        if isinstance(event, ExtendedEvent) and event.name.startswith("BATCH_JOB")
+    ]
+    kinds = [event for event, _ in jobs]
+    assert kinds[0] is ExtendedEvent.BATCH_JOB_SUBMITTED
+    assert kinds[-1] is ExtendedEvent.BATCH_JOB_COMPLETED
+    assert set(kinds[1:-1]) == {ExtendedEvent.BATCH_JOB_PROGRESS}
+    assert {data["job_id"] for _, data in jobs} == {job_id}
+    assert jobs[0][1]["requests"] == 3
+    # Reads at 5 s (validating 10 s), 12.5 s (2 of 3 lines at 1 s each), 23.75 s (ended).
+    progress = [(data["state"], data["completed"]) for _, data in jobs[1:-1]]
+    assert progress == [("validating", 0), ("in_progress", 2)]
+    assert jobs[-1][1] == {
+        "job_id": job_id,
+        "provider": "openai",
+        "requests": 3,
+        "state": "completed",
+        "completed": 3,
+        "failed": 0,
+    }
+    assert not any(isinstance(event, ExtendedEvent) for event, _ in plain.events)
+    completed = plain.of(ProcessingEvent.ITEM_COMPLETED)
     assert sorted(d["item_id"] for d in completed) == ["o0", "o1", "o2"]
     assert {d["batch_job_id"] for d in completed} == {job_id}
+
+
+class ExtendedRecorder(EventRecorder):
+    extended_events = True
 
 
 async def test_a_line_carries_the_body_execute_would_send(

@@ -47,7 +47,7 @@ from async_batch_llm._strategies.batch_api import (
     supports_batch,
 )
 from async_batch_llm._types import BatchTermination, LLMWorkItem, TokenUsage, WorkItemResult
-from async_batch_llm.observers.base import ProcessingEvent
+from async_batch_llm.observers.base import ExtendedEvent, ProcessingEvent
 
 if TYPE_CHECKING:
     from async_batch_llm._internal.processor import ParallelBatchProcessor
@@ -385,7 +385,7 @@ class BatchModeRunner:
         job.submitted_at = self.clock.time()
         job.interval = job.backend.poll_interval
         job.next_at = job.submitted_at + job.interval
-        await self._job_event(ProcessingEvent.WORKER_STARTED, job, "submitted")
+        await self._job_event(ExtendedEvent.BATCH_JOB_SUBMITTED, job)
 
     async def _wait(self, jobs: list[_Job]) -> None:
         while True:
@@ -412,7 +412,14 @@ class BatchModeRunner:
                 job.error = exc
         else:
             job.poll_errors = 0
+            before = job.status
             job.status = status
+            if not status.done and (
+                before is None
+                or (before.state, before.completed, before.failed)
+                != (status.state, status.completed, status.failed)
+            ):
+                await self._job_event(ExtendedEvent.BATCH_JOB_PROGRESS, job)
         job.interval = min(job.interval * _BACKOFF, job.backend.max_poll_interval)
         job.next_at = now + job.interval
 
@@ -439,7 +446,7 @@ class BatchModeRunner:
                 else:
                     break
         if job.job_id is not None:
-            await self._job_event(ProcessingEvent.WORKER_STOPPED, job, "completed")
+            await self._job_event(ExtendedEvent.BATCH_JOB_COMPLETED, job)
         for custom_id, entry in job.lines.items():
             outcome = outcomes.get(custom_id)
             if error is not None:
@@ -572,23 +579,20 @@ class BatchModeRunner:
         if p.post_processor is not None:
             await p._run_post_processor(result)
 
-    async def _job_event(self, event: ProcessingEvent, job: _Job, what: str) -> None:
+    async def _job_event(self, event: ExtendedEvent, job: _Job) -> None:
+        """A job's event (``ExtendedEvent``: only observers with ``extended_events`` get it)."""
         if not self.p.observers:
             return
         status = job.status
         await self.p._emit(
             event,
             {
-                "worker_id": f"batch:{job.job_id}",
-                "batch_job": {
-                    "event": what,
-                    "id": job.job_id,
-                    "provider": job.backend.provider,
-                    "requests": len(job.lines),
-                    "state": status.state if status is not None else "submitted",
-                    "completed": status.completed if status is not None else 0,
-                    "failed": status.failed if status is not None else 0,
-                },
+                "job_id": job.job_id,
+                "provider": job.backend.provider,
+                "requests": len(job.lines),
+                "state": status.state if status is not None else "validating",
+                "completed": status.completed if status is not None else 0,
+                "failed": status.failed if status is not None else 0,
             },
         )
 
