@@ -70,8 +70,14 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "resumable",
         "quota",
         "budgets",
+        "batch-mode",
     }
     assert set(snippets()) == covered
+
+
+def test_batch_mode_snippet_prices_the_batch_at_half_the_online_cost() -> None:
+    _, printed = run_snippet("batch-mode")
+    assert printed.splitlines() == ["50/50 succeeded, cost $0.000109"]
 
 
 def test_budgets_snippet_stops_at_the_cost_cap() -> None:

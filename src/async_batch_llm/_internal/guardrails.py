@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from async_batch_llm._internal.clock import Clock
@@ -335,6 +335,16 @@ def _usage_tokens(usage: Mapping[str, Any]) -> int:
     return sum(part for part in parts if isinstance(part, int) and part > 0)
 
 
+def _takes_batch(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "batch" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
 class Ledger:
     """Prices attempts and, with caps, reserves each one before it starts.
 
@@ -355,11 +365,16 @@ class Ledger:
         if function is None and config.max_total_cost is not None:
             function = PriceTable.default().cost  # a cost cap needs prices: the list prices
         self.cost_function = function
+        # Batch mode prices at the batch rate when the function can say so (PriceTable.cost).
+        self.batch_aware = function is not None and _takes_batch(function)
         self.estimator = estimator
         self.learner = LearningEstimator()
 
-    def price(self, model: str, usage: Mapping[str, Any]) -> float:
+    def price(self, model: str, usage: Mapping[str, Any], *, batch: bool = False) -> float:
         """``cost_function(model, usage)``, checked; 0.0 without a cost function.
+
+        With ``batch`` (a line of a provider batch job) a function that takes a ``batch``
+        keyword (``PriceTable.cost``) is called with ``batch=True``; others price it as usual.
 
         Raises:
             CostFunctionError: it raised, or returned a negative, NaN or non-numeric value.
@@ -376,7 +391,10 @@ class Ledger:
         if cached:
             priced["cached_input_tokens"] = int(cached)
         try:
-            cost = function(model, priced)
+            if batch and self.batch_aware:
+                cost = function(model, priced, batch=True)  # type: ignore[call-arg]  # checked
+            else:
+                cost = function(model, priced)
         except UnknownModelPriceError as exc:  # its message says how to add the price
             raise CostFunctionError(f"cannot price model {model!r}: {exc}") from exc
         except Exception as exc:
@@ -455,7 +473,9 @@ class Ledger:
             )
         return Charge(model, scope_of(strategy), chars, tokens, cost)
 
-    def settle(self, charge: Charge, usage: Mapping[str, Any] | None, *, ran: bool) -> float:
+    def settle(
+        self, charge: Charge, usage: Mapping[str, Any] | None, *, ran: bool, batch: bool = False
+    ) -> float:
         """The attempt ended: count its real usage (the estimate if it ran but reported none).
 
         Args:
@@ -472,7 +492,7 @@ class Ledger:
         budget = self.budget
         try:
             if usage:
-                cost = self.price(charge.model, usage)
+                cost = self.price(charge.model, usage, batch=batch)
                 tokens = _usage_tokens(usage)
                 if charge.chars >= 0:
                     self.learner.observe(charge.scope, charge.chars, usage)

@@ -119,6 +119,27 @@ class ArtifactStore(ABC):
             return self._encode_for_write, self._write_encoded
         return _keep_record, self.write
 
+    # Provider batch jobs (ProcessorConfig(mode="batch")): the processor saves each job's line
+    # map before submitting it and its id once known, so a resumed run polls the job instead
+    # of submitting its lines again. A store without this keeps nothing (jobs are not resumed).
+
+    supports_batch_jobs: bool = False
+    """Whether :meth:`save_batch_job` is durable (the built-in stores: yes)."""
+
+    def save_batch_job(self, key: str, value: str) -> None:
+        """Durably save (or replace) the batch-mode job entry ``key`` (a JSON text).
+
+        Returns once the entry survives the process being killed. The default keeps nothing.
+
+        Raises:
+            ArtifactStoreError: the store is closed or the write failed.
+        """
+        del key, value  # not kept: a resumed run submits those lines again
+
+    def load_batch_jobs(self) -> dict[str, str]:
+        """Every batch-mode job entry saved, ``key`` → latest value. The default has none."""
+        return {}
+
     @abstractmethod
     def iter_latest(self) -> Iterator[ArtifactRecord]:
         """Yield the latest record of every item, without loading the whole store at once.

@@ -74,6 +74,10 @@ _PLAIN_USAGE_KEYS = frozenset(
 )
 
 
+_BATCH_JOB_PREFIX = "batch_job:"
+"""Key prefix of the batch-mode job entries in the ``meta`` table."""
+
+
 def _encode_usage(usage: Mapping[str, int]) -> str:
     """The JSON text of a token-usage mapping, as ``json`` would write it.
 
@@ -364,6 +368,34 @@ class SqliteArtifactStore(ArtifactStore):
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 raise self._io_error(f"commit {len(rows)} record(s)", exc) from exc
             self._records_written += len(rows)
+
+    supports_batch_jobs = True
+
+    def save_batch_job(self, key: str, value: str) -> None:
+        with self._write_lock:
+            self._check_open()
+            try:
+                self._writer.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (_BATCH_JOB_PREFIX + key, value),
+                )
+            except sqlite3.Error as exc:
+                raise self._io_error("save a batch job", exc) from exc
+
+    def load_batch_jobs(self) -> dict[str, str]:
+        self._check_open()
+        try:
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                    (_BATCH_JOB_PREFIX, _BATCH_JOB_PREFIX[:-1] + chr(ord(":") + 1)),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise self._io_error("read the batch jobs", exc) from exc
+        return {str(k)[len(_BATCH_JOB_PREFIX) :]: str(v) for k, v in rows}
 
     def iter_latest(self) -> Iterator[ArtifactRecord]:
         """Yield the latest record of every item, ordered by item id, in batches from a cursor.
