@@ -106,6 +106,13 @@ class ArtifactStore(ABC):
         """:meth:`write` for records encoded by :meth:`_encode_for_write` (writer thread)."""
         self.write(encoded)  # type: ignore[arg-type]  # the default encoding is the record
 
+    def _idle_maintenance(self) -> None:
+        """Upkeep the writer thread runs once it has been idle for a commit interval.
+
+        The default does nothing. The SQLite store checkpoints its WAL here, so that no
+        checkpoint runs inside a commit that records are waiting for. Must not raise.
+        """
+
     def _writer_pair(
         self,
     ) -> tuple[Callable[[ArtifactRecord], object], Callable[[list[Any]], None]]:
