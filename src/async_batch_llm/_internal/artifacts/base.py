@@ -106,7 +106,7 @@ class ArtifactStore(ABC):
         """:meth:`write` for records encoded by :meth:`_encode_for_write` (writer thread)."""
         self.write(encoded)  # type: ignore[arg-type]  # the default encoding is the record
 
-    def _idle_maintenance(self) -> None:
+    def _idle_maintenance(self) -> None:  # noqa: B027  # an optional hook, empty by default
         """Upkeep the writer thread runs once it has been idle for a commit interval.
 
         The default does nothing. The SQLite store checkpoints its WAL here, so that no
