@@ -100,6 +100,7 @@ def test_each_processor_config_gets_its_own_nested_configs() -> None:
                 "quota_burst_seconds",
                 "quotas",
                 "guardrails",
+                "quota_backend",
             ],
         ),
     ],

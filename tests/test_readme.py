@@ -70,8 +70,19 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "resumable",
         "quota",
         "budgets",
+        "scale-out",
     }
     assert set(snippets()) == covered
+
+
+def test_scale_out_snippet_configures_a_shared_quota_without_connecting() -> None:
+    scope, printed = run_snippet("scale-out")
+    backend = scope["config"].quota_backend
+    assert type(backend).__name__ == "RedisQuotaBackend"
+    assert backend.namespace == "team-openai-key"
+    assert printed == (
+        "RedisQuotaBackend('redis://127.0.0.1:6379/0', namespace='team-openai-key')\n"
+    )
 
 
 def test_budgets_snippet_stops_at_the_cost_cap() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from async_batch_llm._internal.backoff import capped_exponential
+from async_batch_llm._internal.quota_backend import QuotaBackend
 from async_batch_llm._internal.quota_types import QuotaLimits, TokenEstimator
 from async_batch_llm.core.guardrails import GuardrailConfig
 
@@ -246,6 +247,11 @@ class ProcessorConfig:
             (:class:`~async_batch_llm.core.GuardrailConfig`; by default no budget or deadline,
             and the batch stops at the first ``authentication`` or ``insufficient_quota``
             answer).
+        quota_backend: where the quota buckets and the rate-limit cooldown live (a
+            :class:`~async_batch_llm.backends.QuotaBackend`); ``None`` or an
+            :class:`~async_batch_llm.backends.InMemoryQuotaBackend` keeps them in this
+            processor, a :class:`~async_batch_llm.backends.redis.RedisQuotaBackend` shares
+            them with every process using the same Redis and namespace.
 
     Raises:
         TypeError: if a field has the wrong type (``retry`` must be a :class:`RetryConfig`,
@@ -278,6 +284,7 @@ class ProcessorConfig:
     quota_burst_seconds: float | None = None
     quotas: Mapping[str, QuotaLimits] | None = None
     guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
+    quota_backend: QuotaBackend | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -309,6 +316,13 @@ class ProcessorConfig:
         _check_number("quota_burst_seconds", self.quota_burst_seconds, optional=True)
         _check_quotas(self.quotas)
         _check_instance("guardrails", self.guardrails, GuardrailConfig)
+        if self.quota_backend is not None and not isinstance(self.quota_backend, QuotaBackend):
+            raise TypeError(
+                "quota_backend must be a QuotaBackend (InMemoryQuotaBackend, "
+                "RedisQuotaBackend, or an object with its methods: ping, acquire, settle, "
+                "begin_cooldown, extend_cooldown, reset_consecutive, aclose) or None, got "
+                f"{_describe(self.quota_backend)}"
+            )
 
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers!r}")
