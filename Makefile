@@ -156,7 +156,7 @@ check-all: ci ## Alias of ci
 # --- running things ----------------------------------------------------------
 
 .PHONY: demo
-demo: install ## Run the offline demo
+demo: install ## Offline demo: the async-batch-llm CLI on examples/demo_requests.jsonl, then a free --resume
 	$(BIN)/python examples/demo.py
 
 .PHONY: bench
@@ -165,7 +165,7 @@ bench: install ## Run every benchmark
 
 .PHONY: docs
 docs: install ## Build the documentation site into site/ (warnings are errors)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # --- housekeeping ------------------------------------------------------------
 

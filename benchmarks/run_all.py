@@ -13,6 +13,10 @@ ratios to the plain-asyncio baseline, not the absolute times.
     .venv/bin/python benchmarks/run_all.py --only overhead overhead-store stream-memory resume \
         --skip-published --skip-pool --record                  # the durable/streaming targets
     .venv/bin/python benchmarks/run_all.py --only quota --skip-published --record  # quota gate
+    .venv/bin/python benchmarks/run_all.py --only guardrails --record  # budgets, deadlines
+
+``--only guardrails`` (and a run without ``--only``) also runs ``guardrails_bench.py`` (the
+targets of issue #10) in its own interpreter, passing ``--record`` on.
 
 ``--record`` rewrites the main results of ``docs/benchmarks.md`` (and the chart) only when the
 run covered every classic scenario, and the durable/streaming and quota sections only when the
@@ -42,6 +46,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCENARIOS_PY = HERE / "scenarios.py"
+GUARDRAILS_PY = HERE / "guardrails_bench.py"
 PUBLISHED_VENV = HERE / ".venv-published"
 PUBLISHED_VERSION = "0.6.0"
 RESULTS_DIR = HERE / "results"
@@ -933,9 +938,17 @@ def parse_only(values: list[str] | None) -> list[str]:
                 chosen.append(name)
             elif name:
                 raise SystemExit(
-                    f"unknown scenario {name!r}; choose from {', '.join([*ORDER, *ALIASES])}"
+                    f"unknown scenario {name!r}; choose from "
+                    f"{', '.join([*ORDER, *ALIASES, 'guardrails'])}"
                 )
     return [s for s in ORDER if s in chosen]
+
+
+def run_guardrails(record: bool) -> int:
+    """``guardrails_bench.py`` in a fresh interpreter; its exit status (1: a target failed)."""
+    print("-- guardrails: budgets, batch timeout, fail-fast (issue #10)", flush=True)
+    command = [sys.executable, str(GUARDRAILS_PY), *(["--record"] if record else [])]
+    return subprocess.run(command, check=False).returncode
 
 
 def impls_for(name: str, impls: dict[str, Path]) -> dict[str, Path]:
@@ -962,7 +975,10 @@ def main() -> int:
         action="extend",
         nargs="+",
         metavar="SCENARIO",
-        help=f"scenarios (space or comma separated) among: {', '.join([*ORDER, *ALIASES])}",
+        help=(
+            "scenarios (space or comma separated) among: "
+            f"{', '.join([*ORDER, *ALIASES, 'guardrails'])}"
+        ),
     )
     parser.add_argument("--skip-published", action="store_true", help=f"skip {PUBLISHED_VERSION}")
     parser.add_argument("--skip-pool", action="store_true", help="skip the bare worker pool")
@@ -990,7 +1006,12 @@ def main() -> int:
             print(f"recorded into {DOC.relative_to(ROOT)}: {', '.join(written) or 'nothing'}")
         return 0
 
-    scenarios = parse_only(args.only)
+    names = [n.strip() for value in args.only or [] for n in value.split(",") if n.strip()]
+    guardrails = not names or "guardrails" in names
+    others = [n for n in names if n != "guardrails"]
+    if names and not others:
+        return run_guardrails(args.record)
+    scenarios = parse_only(others)
     if args.quick and not args.only:
         scenarios = [s for s in scenarios if s != "scale-1m"]
     impls: dict[str, Path] = {
@@ -1054,6 +1075,8 @@ def main() -> int:
             print(f"chart: {CHART.relative_to(ROOT)}")
         written = record_docs(rows, targets, info, command)
         print(f"recorded into {DOC.relative_to(ROOT)}: {', '.join(written) or 'nothing'}")
+    if guardrails:
+        run_guardrails(args.record)
     return 0
 
 

@@ -1,431 +1,216 @@
-"""`make demo`: a real batch over HTTP, end to end, offline and without an API key.
+"""`make demo`: the ``async-batch-llm`` command on a sample file, offline and without an API key.
 
-Two parts, both through the official ``openai`` SDK and the built-in ``OpenAIStrategy`` to a
-local OpenAI emulator (``async_batch_llm.testing.servers.OpenAIServer``) on 127.0.0.1. The client
-has ``max_retries=0``, so every retry you see is the processor's.
+The demo starts a local OpenAI emulator (``async_batch_llm.testing.servers.OpenAIServer``) on a
+free loopback port and runs the real console script against it, three times:
 
-**Part 1, surviving a bad provider.** 300 items. The emulator answers after 20-120 ms and fails
-about one request in twenty with a 500/502/503. A third of the way in, it goes over quota for
-1.5 s: the requests it answers then get ``429`` with a ``Retry-After``. Every request repeats a
-1,200-word instruction, so from the second request on the emulator reports that prefix as cached,
-the way OpenAI's prompt caching does. Watch the retries, the one cooldown shared by every worker
-(lasting as long as the server's ``Retry-After`` asks, longer than the configured 0.5 s) and the
-slow-start ramp after it, as they happen; then the summary (requests counted by the server,
-tokens, cache hit rate) and the Prometheus export.
+1. ``async-batch-llm run examples/demo_requests.jsonl ... --store RUN.db --tpm N``: 50 requests
+   in the OpenAI batch format. The emulator answers after 0.1-0.4 s, fails the first attempt of
+   three requests with a 500, 502 or 503 (the processor retries them), and enforces a
+   tokens-per-minute quota over 3-second windows, answering ``429`` when it is exceeded; ``--tpm``
+   tells the run a limit a little below it, so requests wait their turn instead of taking 429s.
+   On a terminal you watch the live panel (items, retries, tokens per minute against the limit,
+   spend, ETA); elsewhere it prints a plain line every 5 seconds.
+2. The same command with ``--resume``: every answer is already committed to the store, so
+   nothing is called (the emulator counts 0 completions) and the cost is $0.
+3. ``async-batch-llm status RUN.db``: what the store holds.
 
-**Part 2, staying under a token quota.** 60 items of mixed prompt and reply lengths against an
-emulator that enforces 90,000 tokens and 1,200 requests a minute the way OpenAI does (over a
-short window, 429 when over). The processor declares the same limits
-(``max_tokens_per_minute``, ``max_requests_per_minute``) and estimates each request's tokens with
-the learning default. Watch the tokens and requests per minute against the limits while it runs
-(from the ``ITEM_COMPLETED`` events), and the 429 count: zero.
+Then it checks what it showed: every line answered once, the resume made no call, exit codes 0.
+It exits 1 if any check fails.
 
-Run it with ``make demo`` or ``python examples/demo.py [--items N] [--quota-items N]``.
+Run it with ``make demo`` or ``python examples/demo.py [--tpm N] [--keep DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import random
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-import openai
-
-from async_batch_llm import (
-    ExponentialBackoffStrategy,
-    LLMWorkItem,
-    MetricsObserver,
-    ParallelBatchProcessor,
-    ProcessorConfig,
-    RateLimitConfig,
-    RetryConfig,
-    RetryState,
-    TokenUsage,
-)
-from async_batch_llm.llm_strategies import OpenAIStrategy
-from async_batch_llm.observers import BaseObserver, ProcessingEvent
 from async_batch_llm.testing.servers import (
     OpenAIServer,
     ProviderRequest,
-    RateLimited,
     ResponseValue,
     ServerError,
 )
 
+REQUESTS = Path(__file__).resolve().parent / "demo_requests.jsonl"
 MODEL = "gpt-4o-mini"
-RETRY_AFTER = 1.5  # seconds the emulated provider stays over quota (its first Retry-After)
-PART1_REQUESTS_PER_MINUTE = 30_000  # what part 1's emulator states in its headers
-PART1_TOKENS_PER_MINUTE = 50_000_000
-STARTED = time.monotonic()
-
-# The same long instruction opens every request; providers cache such shared prefixes.
-STYLE_GUIDE = " ".join(
-    f"Rule {n}: write plain, concrete sentences, keep the author's meaning, name every source "
-    f"and never invent numbers, dates or quotes."
-    for n in range(1, 61)
-)
+SERVER_TOKENS_PER_MINUTE = 30_000  # what the emulator enforces
+RUN_TOKENS_PER_MINUTE = 24_000  # what the run is told (--tpm): a margin below the real limit
+FAIL_ONCE = {7: 503, 19: 500, 33: 502}  # request line -> the status of its first attempt
+SCRIPT = Path(sys.executable).parent / "async-batch-llm"
 
 
-def stamp() -> str:
-    return f"[{time.monotonic() - STARTED:6.2f}s]"
+class DemoProvider:
+    """Answers like a busy provider: some latency, and a few first attempts that fail."""
 
-
-# ------------------------------------------------------------------------- the emulated provider
-
-
-class FlakyProvider:
-    """Answers the local OpenAI emulator's requests like a busy provider would.
-
-    Each request takes 20-120 ms. About one in twenty then fails with a 500, 502 or 503
-    (deterministic by arrival order). From request ``items // 3`` on, the provider is over quota
-    for ``RETRY_AFTER`` seconds: every request answered in that window gets a 429 whose
-    ``Retry-After`` says how long the window still lasts.
-    """
-
-    def __init__(self, items: int, seed: int = 7) -> None:
-        self.seed = seed
-        self.quota_from = items // 3
-        self.quota_until: float | None = None  # end of the over-quota window (monotonic)
+    def __init__(self) -> None:
+        self.prompts = {
+            _prompt_key(json.loads(line)): number
+            for number, line in enumerate(REQUESTS.read_text(encoding="utf-8").splitlines(), 1)
+        }
+        self.failed: set[int] = set()
+        self._lock = threading.Lock()
 
     async def respond(self, request: ProviderRequest) -> ResponseValue:
-        rng = random.Random(self.seed * 1_000_003 + request.index)
-        await asyncio.sleep(0.02 + 0.1 * rng.random())
-        now = time.monotonic()
-        if self.quota_until is None and request.index >= self.quota_from:
-            self.quota_until = now + RETRY_AFTER
-        if self.quota_until is not None and now < self.quota_until:
-            return RateLimited(retry_after=round(self.quota_until - now, 3))
-        if rng.random() < 0.05:
-            return ServerError(rng.choice((500, 502, 503)))
-        return "Summary: " + " ".join(request.prompt.splitlines()[-1].split()[:12])
+        seed = zlib.crc32(request.prompt.encode("utf-8"))
+        await asyncio.sleep(0.1 + (seed % 300) / 1000)
+        number = self.prompts.get(request.prompt)
+        with self._lock:
+            if number in FAIL_ONCE and number not in self.failed:
+                self.failed.add(number)
+                return ServerError(FAIL_ONCE[number])
+        words = request.prompt.split()
+        length = 8 + seed % 60  # a reply of 8 to 67 words
+        return "(emulated answer) " + " ".join(
+            (words * (length // max(len(words), 1) + 1))[:length]
+        )
 
 
-# ---------------------------------------------------------------------------- the strategy
+def _prompt_key(line: dict[str, object]) -> str:
+    """The last user message of a request line: what identifies it in the emulator."""
+    body = line["body"]
+    assert isinstance(body, dict)
+    return str(body["messages"][-1]["content"])
 
 
-class NarratedOpenAIStrategy(OpenAIStrategy[str]):
-    """The built-in ``OpenAIStrategy``, noting when each call starts and each 429's Retry-After.
-
-    Token usage (cached prompt tokens included) and the conversion of ``openai`` errors come
-    with the built-in strategy.
-    """
-
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
-        super().__init__(client, MODEL)
-        self.retry_after: float | None = None  # the last Retry-After the server sent
-        self.started: list[float] = []  # monotonic time at which each call began
-
-    async def execute(
-        self,
-        prompt: str | Sequence[Mapping[str, Any]],
-        attempt: int,
-        timeout: float,
-        state: RetryState | None = None,
-    ) -> tuple[str, TokenUsage]:
-        self.started.append(time.monotonic())
-        return await super().execute(prompt, attempt, timeout, state)
-
-    async def on_error(
-        self, exception: Exception, attempt: int, state: RetryState | None = None
-    ) -> None:
-        # OpenAIStrategy raises its own rate-limit error from the SDK's, with the wait it read
-        # from the retry-after-ms / retry-after headers.
-        self.retry_after = getattr(exception, "retry_after", None)
-
-
-# ------------------------------------------------------------------------------- live log
-
-
-class NarratedBackoff(ExponentialBackoffStrategy):
-    """The default rate-limit strategy, printing the slow-start ramp as it happens."""
-
-    def should_apply_slow_start(self, items_since_resume: int) -> tuple[bool, float]:
-        apply, delay = super().should_apply_slow_start(items_since_resume)
-        if apply and items_since_resume % 4 == 0:
-            print(
-                f"{stamp()} SLOW    item {items_since_resume + 1:2d}/{self.slow_start_items} "
-                f"after the pause waits {delay:.2f}s before it starts"
-            )
-        elif not apply:
-            print(f"{stamp()} FULL    speed again: slow start is over")
-        return apply, delay
-
-
-class LiveLog(BaseObserver):
-    """Prints retries, rate limits and the shared cooldown as they happen."""
-
-    def __init__(self, strategy: NarratedOpenAIStrategy, configured_cooldown: float) -> None:
-        self.strategy = strategy
-        self.configured_cooldown = configured_cooldown
-        self.attempts: Counter[str] = Counter()
-        self.retries = 0
-        self.pauses: list[tuple[float, float]] = []  # monotonic (start, end) of each cooldown
-        self._paused_at = 0.0
-
-    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-        if event is ProcessingEvent.ITEM_STARTED:
-            self.attempts[data["item_id"]] += 1
-            attempt = self.attempts[data["item_id"]]
-            if attempt > 1:
-                self.retries += 1
-                if self.retries <= 6 or self.retries % 5 == 0:
-                    print(f"{stamp()} retry   {data['item_id']} (attempt {attempt})")
-        elif event is ProcessingEvent.RATE_LIMIT_HIT:
-            # The strategy's on_error saw this 429 just before: its Retry-After is current.
-            asked = self.strategy.retry_after
-            wait = f" (Retry-After {asked:g}s)" if asked is not None else ""
-            print(f"{stamp()} 429     {data['item_id']} on worker {data['worker_id']}{wait}")
-        elif event is ProcessingEvent.COOLDOWN_STARTED:
-            self._paused_at = time.monotonic()
-            duration, configured = data["duration"], self.configured_cooldown
-            why = (
-                f"the server's Retry-After, longer than the configured {configured:g}s"
-                if duration > configured
-                else f"the configured cooldown (consecutive rate limit #{data['consecutive']})"
-            )
-            print(f"{stamp()} PAUSE   every worker for {duration:.2f}s: {why}")
-        elif event is ProcessingEvent.COOLDOWN_ENDED:
-            self.pauses.append((self._paused_at, time.monotonic()))
-            print(f"{stamp()} RESUME  after {data['duration']:.2f}s; slow start ramps back up")
-
-
-def progress(completed: int, total: int, item_id: str) -> None:
-    bar = "#" * (30 * completed // total)
-    print(f"           progress {completed:4d}/{total} [{bar:<30}]", flush=True)
-
-
-# ------------------------------------------------------------------------------------ main
-
-
-async def run(items: int) -> None:
-    provider = FlakyProvider(items)
-    config = ProcessorConfig(
-        max_workers=8,
-        timeout_per_item=10.0,
-        retry=RetryConfig(max_attempts=4, initial_wait=0.05, max_wait=0.5),
-        rate_limit=RateLimitConfig(
-            cooldown_seconds=0.5,
-            backoff_multiplier=2.0,
-            slow_start_items=16,
-            slow_start_initial_delay=0.2,
-            slow_start_final_delay=0.0,
-        ),
-        progress_interval=max(1, items // 10),
-    )
-    rl = config.rate_limit
-    backoff = NarratedBackoff(
-        initial_cooldown=rl.cooldown_seconds,
-        backoff_multiplier=rl.backoff_multiplier,
-        slow_start_items=rl.slow_start_items,
-        slow_start_initial_delay=rl.slow_start_initial_delay,
-        slow_start_final_delay=rl.slow_start_final_delay,
-    )
-    print(
-        f"async-batch-llm demo: {items} items, {config.max_workers} workers, openai SDK over HTTP "
-        "to a local OpenAI emulator (no API key needed)"
-    )
-    print("Part 1: surviving a bad provider (5xx errors, a 429 burst with Retry-After)")
-    # The emulator states its (generous) limits in x-ratelimit-* headers, as OpenAI does; the
-    # processor learns them from the first answer. They never bind here: the 429s below are the
-    # provider's own trouble, the kind no client-side pacing foresees.
-    async with OpenAIServer(
+@contextmanager
+def emulator(provider: DemoProvider) -> Iterator[OpenAIServer]:
+    """The OpenAI emulator on a free loopback port, served by a background event loop."""
+    server = OpenAIServer(
         respond=provider.respond,
-        requests_per_minute=PART1_REQUESTS_PER_MINUTE,
-        tokens_per_minute=PART1_TOKENS_PER_MINUTE,
-    ) as server:
-        print(
-            f"emulator: {server.base_url}; about 5% of requests fail with a 5xx, and from request "
-            f"{provider.quota_from} on it is over quota for {RETRY_AFTER:g}s (429 + Retry-After)\n"
-        )
-        # max_retries=0: the SDK must not retry behind the processor's back.
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="demo", max_retries=0)
-        strategy = NarratedOpenAIStrategy(client)
-        log = LiveLog(strategy, rl.cooldown_seconds)
-        metrics = MetricsObserver()
-        started = time.perf_counter()
+        tokens_per_minute=SERVER_TOKENS_PER_MINUTE,
+        prompt_caching=False,
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="emulator", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(timeout=10)
         try:
-            async with ParallelBatchProcessor[str, str, None](
-                config=config,
-                rate_limit_strategy=backoff,
-                observers=[log, metrics],
-                progress_callback=progress,
-            ) as processor:
-                for i in range(items):
-                    await processor.add_work(
-                        LLMWorkItem(
-                            item_id=f"doc-{i:04d}",
-                            strategy=strategy,
-                            # The shared instruction first: the prefix the provider caches.
-                            prompt=f"{STYLE_GUIDE}\n\nSummarise document {i}: quarterly notes "
-                            f"from team {i % 17}.",
-                        )
-                    )
-                result = await processor.process_all()
+            yield server
         finally:
-            await client.close()
-        wall = time.perf_counter() - started
+            asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(
+                timeout=10
+            )
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
-    calls_while_paused = sum(
-        1 for t in strategy.started for start, end in log.pauses if start < t < end
+
+def cli(*args: str) -> tuple[int, str]:
+    """Run the console script; stderr (the live panel) goes to ours, stdout is shown and kept."""
+    shown = " ".join(["async-batch-llm", *(a if " " not in a else repr(a) for a in args)])
+    print(f"\n$ {shown}", flush=True)
+    done = subprocess.run(
+        [str(SCRIPT), *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
     )
-    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(server.status_counts.items()))
-    print("\nSummary")
-    print(f"  succeeded / failed : {result.succeeded} / {result.failed} of {result.total_items}")
-    print(f"  provider requests  : {server.request_count} seen by the server ({statuses})")
-    print(f"  retries            : {log.retries}")
-    print(
-        f"  cooldowns          : {len(log.pauses)}, "
-        f"{sum(end - start for start, end in log.pauses):.2f}s in total; "
-        f"calls started while paused: {calls_while_paused}"
-    )
-    print(f"  input tokens       : {result.total_input_tokens}")
-    print(f"  cached tokens      : {result.total_cached_tokens}")
-    print(f"  cache hit rate     : {result.cache_hit_rate():.1f}%")
-    print(f"  effective input    : {result.effective_input_tokens()} tokens")
-    print(f"  output tokens      : {result.total_output_tokens}")
-    print(f"  wall time          : {wall:.2f}s")
-    print("\nPrometheus export")
-    print(await metrics.export_prometheus())
+    print(done.stdout, end="", flush=True)
+    return done.returncode, done.stdout
 
 
-# ------------------------------------------------------------------- part 2: the quota gate
-
-TOKENS_PER_MINUTE = 90_000
-REQUESTS_PER_MINUTE = 1_200
-NOTES = (
-    "Revenue grew in the north while costs rose in logistics; the team hired two analysts, "
-    "renegotiated the freight contract and postponed the warehouse move to the next quarter."
-)
-
-
-def quota_prompt(i: int) -> str:
-    """Prompts of mixed length: 30 to about 400 words (deterministic)."""
-    rng = random.Random(i * 7_919)
-    return f"Summarise the notes of team {i % 17}: " + " ".join([NOTES] * rng.randint(1, 14))
-
-
-def quota_reply(request: ProviderRequest) -> ResponseValue:
-    """Replies of mixed length: 10 to 150 words (deterministic by arrival order)."""
-    rng = random.Random(request.index * 104_729)
-    return " ".join(f"point{n}" for n in range(rng.randint(10, 150)))
-
-
-class GateWatch(BaseObserver):
-    """Prints, about once a second, what the gate reports in each item's ITEM_COMPLETED data."""
-
-    def __init__(self, server: OpenAIServer, total: int) -> None:
-        self.server = server
-        self.total = total
-        self.done = 0
-        self.started = time.monotonic()
-        self._next_print = 1.0
-
-    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-        if event is not ProcessingEvent.ITEM_COMPLETED or "quota_used" not in data:
-            return
-        self.done += 1
-        elapsed = time.monotonic() - self.started
-        if elapsed < self._next_print and self.done < self.total:
-            return
-        self._next_print = elapsed + 1.0
-        used, limits, window = data["quota_used"], data["quota_limits"], data["quota_window"]
-        tpm, rpm = used["tokens"] * 60 / window, used["requests"] * 60 / window
-        print(
-            f"{stamp()} GATE    tokens/min {tpm:7,.0f} of {limits['tokens']:,.0f} "
-            f"({tpm / limits['tokens']:4.0%}) | requests/min {rpm:4,.0f} of "
-            f"{limits['requests']:,.0f} | 429s so far: {self.server.status_counts[429]} | "
-            f"{self.done}/{self.total} done"
-        )
-
-
-async def run_quota(items: int) -> None:
-    print(
-        f"\nPart 2: staying under a token quota. {items} items of mixed length; the emulator "
-        f"enforces {TOKENS_PER_MINUTE:,} tokens and {REQUESTS_PER_MINUTE:,} requests a minute "
-        "(over 3 s windows, 429 when over), and the processor declares the same limits."
-    )
-    config = ProcessorConfig(
-        max_workers=16,
-        timeout_per_item=10.0,
-        max_tokens_per_minute=TOKENS_PER_MINUTE,
-        max_requests_per_minute=REQUESTS_PER_MINUTE,
-        # No token_estimator: the learning default starts at 4 characters a token and learns
-        # the real ratio and the reply lengths from the usage each answer reports.
-    )
-    async with OpenAIServer(
-        respond=quota_reply,
-        tokens_per_minute=TOKENS_PER_MINUTE,
-        requests_per_minute=REQUESTS_PER_MINUTE,
-    ) as server:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="demo", max_retries=0)
-        strategy = OpenAIStrategy(client, MODEL)
-        watch = GateWatch(server, items)
-        metrics = MetricsObserver()
-        started = time.perf_counter()
-        try:
-            async with ParallelBatchProcessor[str, str, None](
-                config=config, observers=[watch, metrics]
-            ) as processor:
-                for i in range(items):
-                    await processor.add_work(
-                        LLMWorkItem(
-                            item_id=f"notes-{i:03d}", strategy=strategy, prompt=quota_prompt(i)
-                        )
-                    )
-                result = await processor.process_all()
-        finally:
-            await client.close()
-        wall = time.perf_counter() - started
-
-    tokens = result.total_input_tokens + result.total_output_tokens
-    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(server.status_counts.items()))
-    gate = (await metrics.get_metrics())["quota"][strategy.quota_scope]
-    print("\nSummary (part 2)")
-    print(f"  succeeded / failed : {result.succeeded} / {result.failed} of {result.total_items}")
-    print(f"  provider requests  : {server.request_count} seen by the server ({statuses})")
-    print(f"  429 responses      : {server.status_counts[429]}")
-    print(
-        f"  tokens             : {tokens:,} ({result.total_input_tokens:,} input, "
-        f"{result.total_output_tokens:,} output); the server charged "
-        f"{server.rate_limit_charged['tokens']:,}"
-    )
-    print(f"  wall time          : {wall:.2f}s")
-    # What MetricsObserver made of the events: the gate's figures over the last minute (or
-    # over the run, when it is younger; the buckets start with one second's worth).
-    for dimension in ("tokens", "requests"):
-        used, limit = gate[f"{dimension}_per_minute"], gate[f"{dimension}_per_minute_limit"]
-        print(
-            f"  {dimension + ' per minute':<19}: {used:,.0f} used, limit {limit:,.0f} "
-            f"({used / limit:.0%})"
-        )
-    print(
-        f"  admission wait     : {gate['avg_admission_wait']:.2f}s per item on average, "
-        f"{gate['admission_wait_total']:.1f}s in all (workers wait their turn instead of "
-        "taking 429s)"
-    )
-    print("\nPrometheus export (the quota families)")
-    exported = await metrics.export_prometheus()
-    print(exported[exported.index("# HELP async_batch_llm_admission_wait_seconds") :], end="")
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--items", type=int, default=300, help="work items of part 1")
-    parser.add_argument("--quota-items", type=int, default=60, help="work items of part 2")
+    parser.add_argument(
+        "--tpm",
+        type=int,
+        default=RUN_TOKENS_PER_MINUTE,
+        help="the run's --tpm (default %(default)s)",
+    )
+    parser.add_argument("--keep", type=Path, help="write run.db and out.jsonl here and keep them")
     args = parser.parse_args()
-    if args.items < 1:
-        parser.error(f"--items must be >= 1, got {args.items}")
-    if args.quota_items < 1:
-        parser.error(f"--quota-items must be >= 1, got {args.quota_items}")
-    logging.basicConfig(level=logging.WARNING, format="           log: %(message)s")
-    asyncio.run(run(args.items))
-    asyncio.run(run_quota(args.quota_items))
+    if args.tpm < 1:
+        parser.error(f"--tpm must be >= 1, got {args.tpm}")
+    if not SCRIPT.exists():
+        print(f"error: {SCRIPT} is not installed: run `make install`", file=sys.stderr)
+        return 2
+    work = args.keep or Path(tempfile.mkdtemp(prefix="async-batch-llm-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return demo(work, args.tpm)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def demo(work: Path, tpm: int) -> int:
+    store, out = work / "run.db", work / "out.jsonl"
+    for stale in (store, out):
+        stale.unlink(missing_ok=True)
+    requests = REQUESTS.read_text(encoding="utf-8").splitlines()
+    relative = REQUESTS.relative_to(Path.cwd()) if REQUESTS.is_relative_to(Path.cwd()) else REQUESTS
+    provider = DemoProvider()
+    with emulator(provider) as server:
+        print(
+            f"async-batch-llm demo: {len(requests)} requests of {relative} (OpenAI batch format) "
+            f"to a local OpenAI emulator at {server.base_url}, offline, no API key.\n"
+            f"The emulator takes 0.1-0.4 s an answer, fails the first attempt of lines "
+            f"{', '.join(map(str, FAIL_ONCE))} with a 5xx, and answers 429 above "
+            f"{SERVER_TOKENS_PER_MINUTE:,} tokens a minute; the run is told --tpm {tpm:,}."
+        )
+        run = [
+            "run", str(relative), "--provider", "openai", "--model", MODEL,
+            "--base-url", server.base_url, "--store", str(store), "--out", str(out),
+            "--tpm", str(tpm),
+        ]  # fmt: skip
+        started = time.perf_counter()
+        first_code, _ = cli(*run)
+        first_wall = time.perf_counter() - started
+        first_calls = server.counts["chat_completions"]
+        first_requests = server.request_count
+        statuses = dict(sorted(server.status_counts.items()))
+        answered = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+        print("\nNow the same command with --resume: every answer is in the store already.")
+        second_code, second_out = cli(*run, "--resume")
+        resume_calls = server.counts["chat_completions"] - first_calls
+        resume_requests = server.request_count - first_requests
+
+    status_code, _ = cli("status", str(store))
+
+    ids = [line["custom_id"] for line in answered]
+    ok = sum(line["error"] is None for line in answered)
+    print("\nWhat the emulator saw")
+    print(
+        f"  first run : {first_calls} completions ({len(requests)} lines + "
+        f"{first_calls - len(requests)} retries) and {first_requests - first_calls} model-list "
+        f"check(s); statuses {_counts(statuses)} (429s: {statuses.get(429, 0)}); {first_wall:.1f}s"
+    )
+    print(
+        f"  resume    : {resume_calls} completions and {resume_requests - resume_calls} "
+        "model-list check(s): every answer came from the store"
+    )
+    print(f"  output    : {len(answered)} lines for {len(requests)} requests, {ok} answered")
+    checks = {
+        "every line answered once": sorted(ids)
+        == sorted(json.loads(r)["custom_id"] for r in requests)
+        and ok == len(requests),
+        "the first attempts that failed were retried": provider.failed == set(FAIL_ONCE),
+        "the resume made 0 calls and cost $0": resume_calls == 0
+        and f"(0 called, {len(requests)} reused" in second_out
+        and "cost: $0.000000" in second_out,
+        "every command exited 0": (first_code, second_code, status_code) == (0, 0, 0),
+    }
+    print("\nChecks")
+    for name, passed in checks.items():
+        print(f"  [{'ok' if passed else 'FAILED'}] {name}")
+    return 0 if all(checks.values()) else 1
+
+
+def _counts(statuses: dict[int, int]) -> str:
+    return ", ".join(f"{code}: {n}" for code, n in statuses.items())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

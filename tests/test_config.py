@@ -100,6 +100,8 @@ def test_each_processor_config_gets_its_own_nested_configs() -> None:
                 "quota_burst_seconds",
                 "quotas",
                 "guardrails",
+                "mode",
+                "batch_fallback",
                 "quota_backend",
             ],
         ),

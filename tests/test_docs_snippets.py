@@ -18,9 +18,9 @@ _EXPECTED = re.compile(r"print\(.*\)\s*# (.+)$")
 
 def _snippets() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in sorted(DOCS.rglob("*.md")):
         for name, code in _SNIPPET.findall(page.read_text(encoding="utf-8")):
-            found.append((f"{page.name}:{name}", code))
+            found.append((f"{page.relative_to(DOCS)}:{name}", code))
     return found
 
 

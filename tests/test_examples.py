@@ -15,6 +15,7 @@ The subprocesses run one after another (importing the provider SDKs dominates th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import runpy
@@ -73,6 +74,8 @@ PROVIDER_ENV = (
     "GOOGLE_GENAI_USE_VERTEXAI",
 )
 
+DEMOS = ("demo.py", "example_retries_and_quota.py")  # they print no "mode:" line
+
 TOKENS = re.compile(r"tokens: (\d+) input(?: \((\d+) cached\))?, (\d+) output")
 
 
@@ -96,7 +99,7 @@ def run_example(script: str, *args: str) -> str:
     assert done.returncode == 0, report
     assert "Traceback" not in done.stderr, report
     assert "Warning" not in done.stderr.replace("warning", ""), report  # e.g. ResourceWarning
-    assert done.stdout.startswith("mode: offline") or script == "demo.py", report
+    assert done.stdout.startswith("mode: offline") or script in DEMOS, report
     return done.stdout
 
 
@@ -121,6 +124,7 @@ def test_every_example_file_is_tested() -> None:
         "example_gemini_smart_retry.py",
         "example_smart_model_escalation.py",
         "example_context_manager.py",
+        "example_retries_and_quota.py",
         "demo.py",
     }
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == tested
@@ -228,8 +232,48 @@ def test_context_manager_example_prepares_and_cleans_up_once() -> None:
     assert "server saw 1 cache create, 1 cache delete" in out
 
 
-def test_demo_goes_over_http_and_pauses_every_worker_for_retry_after() -> None:
-    out = run_example("demo.py", "--items", "60", "--quota-items", "30")
+def test_demo_runs_the_cli_then_resumes_at_no_cost(tmp_path: Path) -> None:
+    """``make demo``: the console script on examples/demo_requests.jsonl, then ``--resume``."""
+    out = run_example("demo.py", "--keep", str(tmp_path))
+    requests = (EXAMPLES / "demo_requests.jsonl").read_text(encoding="utf-8").splitlines()
+    assert 40 <= len(requests) <= 60
+    n = len(requests)
+    run = "$ async-batch-llm run examples/demo_requests.jsonl --provider openai --model gpt-4o-mini"
+    assert out.count(run) == 2, out
+    assert re.search(rf"^{n} succeeded, 0 failed \({n} called, 0 reused from ", out, re.M), out
+    resumed = out.split("--resume\n", 1)[1]
+    assert re.match(rf"{n} succeeded, 0 failed \(0 called, {n} reused from ", resumed), out
+    assert "cost: $0.000000 (gpt-4o-mini list prices" in resumed
+    assert re.search(r"first run : \d+ completions \(\d+ lines \+ 3 retries\)", out), out
+    assert "(429s: 0)" in out
+    assert "resume    : 0 completions" in out
+    assert f"succeeded:  {n}\n" in out  # status
+    assert out.count("[ok] ") == 4
+    assert "FAILED" not in out
+    # What the demo left behind, checked here rather than trusted from its own checks.
+    answered = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in answered) == sorted(
+        json.loads(line)["custom_id"] for line in requests
+    )
+    assert all(line["error"] is None for line in answered)
+    assert all(line["response"]["status_code"] == 200 for line in answered)
+    status = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "async-batch-llm"),
+            "status",
+            str(tmp_path / "run.db"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(status.stdout)["succeeded"] == n
+
+
+def test_retries_and_quota_example_pauses_every_worker_for_retry_after() -> None:
+    out = run_example("example_retries_and_quota.py", "--items", "60", "--quota-items", "30")
     out, part2 = out.split("\nPart 2: staying under a token quota.", 1)
     assert "openai SDK over HTTP to a local OpenAI emulator" in out
     assert re.search(r"429     doc-\d+ on worker \d \(Retry-After 1\.\d+s\)", out), out
@@ -342,7 +386,8 @@ def test_providers_commands_are_the_tested_examples() -> None:
     assert all(line.startswith("python examples/") for line in commands)
     scripts = {line.split()[1].removeprefix("examples/") for line in commands}
     assert {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")} == scripts
-    assert "python examples/demo.py --items 60 --quota-items 30" in commands  # the demo test's
+    # the command of the example's test
+    assert "python examples/example_retries_and_quota.py --items 60 --quota-items 30" in commands
 
 
 @pytest.mark.parametrize(

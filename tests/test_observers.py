@@ -96,6 +96,9 @@ def test_events_added_after_0_6_0_are_a_separate_enum_only_observers_opt_into() 
     assert [(e.name, e.value) for e in ExtendedEvent] == [
         ("ATTEMPT_FAILED", "attempt_failed"),
         ("BATCH_ABORTED", "batch_aborted"),
+        ("BATCH_JOB_SUBMITTED", "batch_job_submitted"),
+        ("BATCH_JOB_PROGRESS", "batch_job_progress"),
+        ("BATCH_JOB_COMPLETED", "batch_job_completed"),
     ]
     assert BaseObserver.extended_events is False
     assert OpenTelemetryObserver.extended_events is True

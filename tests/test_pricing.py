@@ -231,7 +231,8 @@ def test_user_entries_override_the_default_and_leave_it_unchanged() -> None:
     mine = ModelPrice(input_per_million=1, output_per_million=2, as_of=date(2026, 12, 7))
     table = default.with_prices({"GPT-4o": mine, "my-finetune": mine})
     assert table.prices("gpt-4o-2024-08-06") is mine
-    assert table.prices("my-finetune-v2") is mine
+    assert table.prices("my-finetune-20261207") is mine
+    assert table.match("my-finetune-v2") is None  # another version needs its own entry
     assert table.prices("gpt-4o-mini") is default.prices("gpt-4o-mini")
     assert default.prices("gpt-4o").cost(usage(input_tokens=1)) == GPT_4O.cost(
         usage(input_tokens=1)
@@ -239,6 +240,23 @@ def test_user_entries_override_the_default_and_leave_it_unchanged() -> None:
     assert len(table) == len(default) + 1
     assert table.as_of == default.as_of
     assert table.with_prices({}, as_of=date(2026, 1, 1)).as_of == date(2026, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "entry"),
+    [
+        ("gpt-4o-minii", None),  # a typo is unknown, not gpt-4o
+        ("gpt-4o-mimi", None),
+        ("gpt-4o-search-preview", None),  # another product, not gpt-4o
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+    ],
+)
+def test_only_a_date_a_snapshot_or_an_alias_word_may_follow_a_name(
+    model: str, entry: str | None
+) -> None:
+    assert PriceTable.default().match(model) == entry
 
 
 def test_a_user_entry_for_an_exact_id_beats_the_base_entry() -> None:

@@ -70,9 +70,15 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "resumable",
         "quota",
         "budgets",
+        "batch-mode",
         "scale-out",
     }
     assert set(snippets()) == covered
+
+
+def test_batch_mode_snippet_prices_the_batch_at_half_the_online_cost() -> None:
+    _, printed = run_snippet("batch-mode")
+    assert printed.splitlines() == ["50/50 succeeded, cost $0.000109"]
 
 
 def test_scale_out_snippet_configures_a_shared_quota_without_connecting() -> None:

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -312,3 +314,25 @@ def test_json_line_round_trips_a_record(output: object) -> None:
 def test_record_from_json_rejects_foreign_objects(obj: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         record_from_json(obj)
+
+
+@pytest.mark.parametrize("prompt", ["plain", "ünïcode \ud800 lone surrogate", ["a", {"b": 1}]])
+@pytest.mark.parametrize("version", [None, "v2"])
+def test_the_journals_cached_hasher_gives_item_fingerprint_exactly(
+    tmp_path: Path, prompt: object, version: str | None
+) -> None:
+    # The journal hashes a strategy's identity once and copies the hasher per prompt: the
+    # result must be the very fingerprint item_fingerprint() gives, or stores would not match.
+    from async_batch_llm import LLMWorkItem
+    from async_batch_llm._internal.artifacts.jsonl import JsonlArtifactStore
+    from async_batch_llm._internal.journal import Journal
+    from tests.conftest import ScriptedStrategy
+
+    store = JsonlArtifactStore(tmp_path / "a.jsonl", version=version)
+    journal: Journal[Any, Any, Any] = Journal(store, ResumePolicy.NONE)
+    strategy = ScriptedStrategy()
+    item: LLMWorkItem[Any, Any, Any] = LLMWorkItem(item_id="x", strategy=strategy, prompt=prompt)  # type: ignore[arg-type]
+    expected = item_fingerprint(prompt, strategy_identity(strategy), version)
+    assert journal.fingerprint(item) == expected
+    assert journal.fingerprint(item) == expected  # and again, from the cached hasher
+    store.close()

@@ -409,3 +409,75 @@ async def test_a_store_that_overrides_write_gets_plain_records(tmp_path: Path) -
     assert seen == [record(0)]
     assert store.lookup("0") == record(0)
     store.close()
+
+
+class UpkeepStore(MemoryStore):
+    """Counts the writer's idle upkeep calls."""
+
+    def __init__(self, tmp_path: Path, **kwargs: Any) -> None:
+        super().__init__(tmp_path, **kwargs)
+        self.upkeep = threading.Event()
+        self.upkeeps = 0
+
+    def _idle_maintenance(self) -> None:
+        self.upkeeps += 1
+        self.upkeep.set()
+
+
+async def test_upkeep_runs_once_the_writer_has_been_idle_an_interval_after_commits(
+    tmp_path: Path,
+) -> None:
+    store = UpkeepStore(tmp_path)
+    callbacks = Callbacks()
+    writer = make_writer(store, callbacks, commit_interval=0.01)
+    assert not await asyncio.to_thread(store.upkeep.wait, 0.1)  # no commit yet: no upkeep
+    writer.submit(record(0), 0)
+    await writer.drain()
+    assert await asyncio.to_thread(store.upkeep.wait, 10)
+    assert store.upkeeps == 1
+    # Idle with nothing committed since: the thread sleeps, no further upkeep.
+    await asyncio.sleep(0.1)  # ten intervals
+    assert store.upkeeps == 1
+    await writer.close()
+    assert store.upkeeps == 1
+
+
+async def test_no_upkeep_while_records_keep_coming(tmp_path: Path) -> None:
+    store = UpkeepStore(tmp_path)
+    callbacks = Callbacks()
+    writer = make_writer(store, callbacks, commit_interval=300.0)
+    for n in range(50):
+        writer.submit(record(n), n)
+        await writer.drain()
+    assert store.upkeeps == 0  # never idle for a whole interval
+    await writer.close()
+
+
+def test_sqlite_checkpoints_only_in_upkeep_or_after_many_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from async_batch_llm._internal.artifacts import sqlite as sqlite_module
+
+    store = SqliteArtifactStore(tmp_path / "a.db")
+    assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    checkpoints: list[int] = []
+    real = store._checkpoint
+
+    def counting() -> None:
+        checkpoints.append(store._since_checkpoint)
+        real()
+
+    store._checkpoint = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_WHEN_IDLE", 10)
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_EVEN_IF_BUSY", 25)
+    store.write([record(n) for n in range(5)])
+    store._idle_maintenance()
+    assert checkpoints == []  # too little to bother
+    store.write([record(n) for n in range(5, 12)])
+    store._idle_maintenance()
+    assert checkpoints == [12]
+    store.write([record(n) for n in range(12, 40)])  # past the busy limit: inline
+    assert checkpoints == [12, 28]
+    assert store._since_checkpoint == 0
+    assert store.count() == 40
+    store.close()

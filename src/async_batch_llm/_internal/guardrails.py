@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from async_batch_llm._internal.clock import Clock
@@ -150,6 +150,17 @@ _OWN_CATEGORIES = {"conflict": "server_error", "invalid_response": "validation"}
 """Categories the built-in strategies' errors carry that results name differently."""
 
 
+def _own_category(exc: BaseException) -> str | None:
+    """The category the built-in strategies' errors carry (``ProviderAPIError.category``)."""
+    for error in _chain(exc):
+        own = getattr(error, "category", None)
+        if isinstance(own, str) and own != "unknown":
+            own = _OWN_CATEGORIES.get(own, own)
+            if own in ITEM_CATEGORIES:
+                return own
+    return None
+
+
 def _from_exception(exc: BaseException) -> str | None:
     """The category an exception names by itself (status, code, type, text), or ``None``.
 
@@ -164,12 +175,9 @@ def _from_exception(exc: BaseException) -> str | None:
         for text in texts
     ):
         return "insufficient_quota"
-    for error in chain:
-        own = getattr(error, "category", None)
-        if isinstance(own, str) and own != "unknown":
-            own = _OWN_CATEGORIES.get(own, own)
-            if own in ITEM_CATEGORIES:
-                return own
+    own = _own_category(exc)
+    if own is not None:
+        return own
     if any(marker in text for text in texts for marker in _AUTH_MARKERS):
         return "authentication"
     for error, text in zip(chain, texts, strict=True):
@@ -208,12 +216,20 @@ def item_category(exc: BaseException, info: ErrorInfo | None) -> str:
     or ``unknown`` gives way to what the exception itself says: an out-of-credit answer
     (OpenAI ``429 insufficient_quota``, Anthropic's credit and billing errors) is
     ``insufficient_quota``, a 401/403 or an invalid key ``authentication``, a 404
-    ``model_not_found``. The 0.6.0 labels map as ``client_error`` → read the exception, else
-    ``bad_request``; the timeouts → ``timeout``; ``connection_error`` → ``connection``;
-    ``validation_error`` → ``validation``. Anything else is ``unknown``.
+    ``model_not_found``. A ``logic_error`` label (the default classifier's for any
+    ``ValueError``) gives way to the category the built-in strategies' errors carry. The 0.6.0
+    labels map as ``client_error`` → read the exception, else ``bad_request``; the timeouts →
+    ``timeout``; ``connection_error`` → ``connection``; ``validation_error`` → ``validation``.
+    Anything else is ``unknown``.
     """
     label = info.error_category if info is not None else "unknown"
     mapped = _FROM_LABEL.get(label, label if label in ITEM_CATEGORIES else None)
+    if mapped == "logic_error":
+        # The default classifier calls every ValueError a logic error, also the built-in
+        # strategies' ProviderRequestError (a wrong key, an empty account): their own category.
+        own = _own_category(exc)
+        if own is not None:
+            return own
     if mapped in (None, "rate_limit", "bad_request", "unknown"):
         found = _from_exception(exc)
         if found is not None and not (mapped == "rate_limit" and found == "bad_request"):
@@ -319,6 +335,16 @@ def _usage_tokens(usage: Mapping[str, Any]) -> int:
     return sum(part for part in parts if isinstance(part, int) and part > 0)
 
 
+def _takes_batch(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "batch" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
 class Ledger:
     """Prices attempts and, with caps, reserves each one before it starts.
 
@@ -339,11 +365,16 @@ class Ledger:
         if function is None and config.max_total_cost is not None:
             function = PriceTable.default().cost  # a cost cap needs prices: the list prices
         self.cost_function = function
+        # Batch mode prices at the batch rate when the function can say so (PriceTable.cost).
+        self.batch_aware = function is not None and _takes_batch(function)
         self.estimator = estimator
         self.learner = LearningEstimator()
 
-    def price(self, model: str, usage: Mapping[str, Any]) -> float:
+    def price(self, model: str, usage: Mapping[str, Any], *, batch: bool = False) -> float:
         """``cost_function(model, usage)``, checked; 0.0 without a cost function.
+
+        With ``batch`` (a line of a provider batch job) a function that takes a ``batch``
+        keyword (``PriceTable.cost``) is called with ``batch=True``; others price it as usual.
 
         Raises:
             CostFunctionError: it raised, or returned a negative, NaN or non-numeric value.
@@ -360,7 +391,10 @@ class Ledger:
         if cached:
             priced["cached_input_tokens"] = int(cached)
         try:
-            cost = function(model, priced)
+            if batch and self.batch_aware:
+                cost = function(model, priced, batch=True)  # type: ignore[call-arg]  # checked
+            else:
+                cost = function(model, priced)
         except UnknownModelPriceError as exc:  # its message says how to add the price
             raise CostFunctionError(f"cannot price model {model!r}: {exc}") from exc
         except Exception as exc:
@@ -439,7 +473,9 @@ class Ledger:
             )
         return Charge(model, scope_of(strategy), chars, tokens, cost)
 
-    def settle(self, charge: Charge, usage: Mapping[str, Any] | None, *, ran: bool) -> float:
+    def settle(
+        self, charge: Charge, usage: Mapping[str, Any] | None, *, ran: bool, batch: bool = False
+    ) -> float:
         """The attempt ended: count its real usage (the estimate if it ran but reported none).
 
         Args:
@@ -456,7 +492,7 @@ class Ledger:
         budget = self.budget
         try:
             if usage:
-                cost = self.price(charge.model, usage)
+                cost = self.price(charge.model, usage, batch=batch)
                 tokens = _usage_tokens(usage)
                 if charge.chars >= 0:
                     self.learner.observe(charge.scope, charge.chars, usage)

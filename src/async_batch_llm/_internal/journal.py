@@ -16,6 +16,7 @@ work items and results to records.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from async_batch_llm._internal.artifacts.records import (
     UnstorableOutputError,
     decode_output,
     encode_output,
+    fingerprint_hasher,
     item_fingerprint,
     strategy_identity,
 )
@@ -64,18 +66,28 @@ class Journal(Generic[TInput, TOutput, TContext]):
         self.output_type = store.output_type
         self.version = store.version
         # id(strategy) -> (strategy, identity): the strategy is held so its id stays its own.
-        self._identities: dict[int, tuple[object, str]] = {}
+        self._identities: dict[int, tuple[object, hashlib.blake2b, str]] = {}
         self._writer: ArtifactWriter[Published] | None = None
 
     # ------------------------------------------------------------------------- fingerprints
 
     def fingerprint(self, item: LLMWorkItem[TInput, TOutput, TContext]) -> str:
-        """The fingerprint a record of ``item`` carries (computed once per strategy object)."""
+        """The fingerprint a record of ``item`` carries (the strategy's part hashed once)."""
         strategy = item.strategy
         entry = self._identities.get(id(strategy))
         if entry is None or entry[0] is not strategy:
-            entry = self._identities[id(strategy)] = (strategy, strategy_identity(strategy))
-        return item_fingerprint(item.prompt, entry[1], self.version)
+            identity = strategy_identity(strategy)
+            entry = self._identities[id(strategy)] = (
+                strategy,
+                fingerprint_hasher(identity, self.version),
+                identity,
+            )
+        prompt = item.prompt
+        if type(prompt) is str:
+            hasher = entry[1].copy()
+            hasher.update(prompt.encode("utf-8", "surrogatepass"))
+            return hasher.hexdigest()
+        return item_fingerprint(prompt, entry[2], self.version)
 
     # ------------------------------------------------------------------------- replay
 

@@ -199,12 +199,18 @@ def _normalize(model: object, *, what: str) -> str:
     return name
 
 
+_ALIAS_WORDS = frozenset({"latest", "preview", "exp"})
+"""Words that may follow a model's name and still mean that model (``claude-3-5-haiku-latest``)."""
+
+
 def _is_variant_of(name: str, key: str) -> bool:
     """``name`` is ``key`` itself or a dated/aliased id of it, not a different version.
 
     ``gpt-4o-2024-08-06`` and ``claude-sonnet-4-5@20250929`` are variants of ``gpt-4o`` and
     ``claude-sonnet-4-5``; ``gpt-5.1`` is not one of ``gpt-5`` (no separator) and
-    ``claude-opus-4-6`` is not one of ``claude-opus-4`` (a short number names another version).
+    ``claude-opus-4-6`` is not one of ``claude-opus-4`` (a short number names another version),
+    nor ``gpt-4o-minii`` one of ``gpt-4o`` (only a date, a snapshot number or an alias word such
+    as ``latest`` may follow the name).
     """
     if name == key:
         return True
@@ -214,7 +220,12 @@ def _is_variant_of(name: str, key: str) -> bool:
     if rest[0] not in "-@_":
         return False
     first = _SEGMENT.split(rest[1:], maxsplit=1)[0]
-    return not (first.isdigit() and len(first) <= 2)
+    if first.isdigit():
+        return len(first) > 2  # a date or snapshot number; 1-2 digits name another version
+    # A word after the name is an alias only when it is one of these: anything else (a typo
+    # such as "gpt-4o-minii", or a different product such as "gpt-4o-search-preview") must not
+    # be priced silently as the base model.
+    return first in _ALIAS_WORDS
 
 
 class PriceTable:
@@ -225,7 +236,9 @@ class PriceTable:
     (``gpt-4o-2024-08-06`` → ``gpt-4o``, ``claude-sonnet-4-5-20250929`` →
     ``claude-sonnet-4-5``) and the longest matching entry wins (``gpt-4o-mini`` over
     ``gpt-4o``). A different version is never matched to its neighbour: ``gpt-5.1`` is not
-    ``gpt-5`` and ``claude-opus-4-6`` is not ``claude-opus-4``; they need their own entry.
+    ``gpt-5`` and ``claude-opus-4-6`` is not ``claude-opus-4``; they need their own entry. Only a
+    date, a snapshot number or ``latest``/``preview``/``exp`` may follow a base name, so a typo
+    (``gpt-4o-minii``) is an unknown model, not ``gpt-4o``.
 
     :meth:`cost` has the signature of ``GuardrailConfig.cost_function``, so
     ``PriceTable.default().cost`` can be passed as one.

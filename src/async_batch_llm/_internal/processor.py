@@ -41,6 +41,7 @@ from async_batch_llm._internal.batch import (
     WORKER_SHUTDOWN_TIMEOUT,
     BatchProcessor,
 )
+from async_batch_llm._internal.batch_mode import BatchModeRunner, check_batch_support
 from async_batch_llm._internal.clock import Clock, LoopClock
 from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
 from async_batch_llm._internal.events import (
@@ -287,6 +288,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._deadlines: dict[int, TaskDeadline] = {}
         # This run's guardrails: fail-fast, budgets, deadlines (_internal/guardrails.py).
         self._guard = Guard(config.guardrails, self._clock, config.token_estimator)
+        # Set while mode="batch" runs its jobs (worker 0); the other workers wait on it.
+        self._batch_gate: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         stats = self._stats
@@ -331,6 +334,21 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             if type(clock) is LoopClock
             else clock.time
         )
+        self._batch_gate = None
+        if config.mode == "batch" and not config.dry_run:
+            strategies = {id(item.strategy): item.strategy for item in self._queue}
+            check_batch_support(list(strategies.values()), self)
+            self._batch_gate = asyncio.Event()
+
+    async def _run_batch_mode(self, worker_id: int, gate: asyncio.Event) -> None:
+        """Provider batch mode (``_internal/batch_mode.py``): the items go through jobs."""
+        if worker_id != 0:
+            await gate.wait()
+            return
+        try:
+            await BatchModeRunner(self, worker_id).run()
+        finally:
+            gate.set()
 
     async def _close_batch(self) -> None:
         await self._cooldown.drain()
@@ -379,6 +397,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
     # ----------------------------------------------------------------------------- worker
 
     async def _worker_loop(self, worker_id: int) -> None:
+        if self._batch_gate is not None:  # mode="batch": worker 0 runs the jobs, then all go on
+            await self._run_batch_mode(worker_id, self._batch_gate)
         observing = bool(self.observers)
         if observing:
             await self._emit(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})

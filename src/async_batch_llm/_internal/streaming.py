@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from typing import Any, Generic, Literal, Self
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
 from async_batch_llm._internal.artifacts.records import ResumePolicy
+from async_batch_llm._internal.batch_mode import check_batch_support
 from async_batch_llm._internal.processor import ParallelBatchProcessor
 from async_batch_llm._internal.source import Feed, PromptSource
 from async_batch_llm._strategies.base import LLMCallStrategy
@@ -259,13 +261,23 @@ async def process_prompts(
     config: ProcessorConfig | None = None,
     artifact_store: ArtifactStore | None = None,
     resume: ResumePolicy | str = ResumePolicy.NONE,
+    mode: Literal["online", "batch"] | None = None,
     **processor_kwargs: Any,
 ) -> BatchResult[TOutput, Any]:
     """Process every prompt of ``prompts`` and return all results in one :class:`BatchResult`.
 
     The same as collecting :func:`process_stream`; results are in completion order, or in the
-    order of the source with ``preserve_order=True``.
+    order of the source with ``preserve_order=True``. ``mode`` overrides ``config.mode``
+    (``"batch"``: through the provider's batch API, see docs/batch-mode.md).
+
+    Raises:
+        TypeError: ``mode="batch"`` with a strategy that has no batch support (before any
+            prompt is read or sent).
     """
+    if mode is not None:
+        config = dataclasses.replace(config if config is not None else ProcessorConfig(), mode=mode)
+    if config is not None and config.mode == "batch" and strategy is not None:
+        check_batch_support([strategy], None)
     results: list[WorkItemResult[TOutput, Any]] = []
     processor: ParallelBatchProcessor[Any, TOutput, Any] = ParallelBatchProcessor(
         config=config, artifact_store=artifact_store, resume=resume, **processor_kwargs

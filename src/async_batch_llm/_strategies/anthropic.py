@@ -42,7 +42,13 @@ from async_batch_llm._strategies._http_api import (
     tool_name,
     validate_reply,
 )
+from async_batch_llm._strategies.anthropic_batch import (
+    ANTHROPIC_BATCH_LIMITS,
+    AnthropicBatchBackend,
+)
 from async_batch_llm._strategies.base import LLMCallStrategy
+from async_batch_llm._strategies.batch_api import BatchLimits, BatchLine
+from async_batch_llm._strategies.openai_batch import line_size
 from async_batch_llm._types import RetryState, TokenUsage, TOutput
 
 if TYPE_CHECKING:
@@ -205,15 +211,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         """
         import anthropic  # already loaded: the client is an anthropic client
 
-        request = dict(self.request_params)
-        request["model"] = self.model
-        request["max_tokens"] = self.max_tokens
-        request["messages"] = messages_from(prompt)
-        name = None
-        if self.output_type is not None:
-            name = tool_name(self.output_type)
-            request["tools"] = [_tool(name, self.output_type)]
-            request["tool_choice"] = {"type": "tool", "name": name}
+        request = self._request(prompt)
         create: Any = self.client.messages.with_raw_response.create
         try:
             raw = await create(**request, timeout=timeout)
@@ -225,6 +223,24 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         report_rate_limit_headers(raw.headers)
         try:
             message = cast("Message", await parse_response(raw))
+        except Exception as exc:
+            raise _unreadable(exc) from exc
+        return self._output(message)
+
+    def _request(self, prompt: str | Messages) -> dict[str, Any]:
+        request = dict(self.request_params)
+        request["model"] = self.model
+        request["max_tokens"] = self.max_tokens
+        request["messages"] = messages_from(prompt)
+        if self.output_type is not None:
+            name = tool_name(self.output_type)
+            request["tools"] = [_tool(name, self.output_type)]
+            request["tool_choice"] = {"type": "tool", "name": name}
+        return request
+
+    def _output(self, message: Message) -> tuple[TOutput, TokenUsage]:
+        name = None if self.output_type is None else tool_name(self.output_type)
+        try:
             blocks = list(message.content)
         except Exception as exc:
             raise _unreadable(exc) from exc
@@ -246,6 +262,43 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
             usage,
         )
         return cast("TOutput", output), usage
+
+    # ----------------------------------------------------------------- batch mode
+
+    batch_limits: BatchLimits = ANTHROPIC_BATCH_LIMITS
+    """What one Message Batch may hold (``ProcessorConfig(mode="batch")``)."""
+    batch_poll_interval: tuple[float, float] = (5.0, 60.0)
+    """Seconds before the first status read of a batch, and the most between two reads."""
+
+    def batch_backend(self) -> AnthropicBatchBackend:
+        """Anthropic's Message Batches API through this strategy's client."""
+        first, most = self.batch_poll_interval
+        return AnthropicBatchBackend(self.client, self.batch_limits, first, most)
+
+    def batch_line(self, custom_id: str, prompt: str | Messages) -> BatchLine:
+        """The batch request of one item: ``{"custom_id", "params"}`` with ``execute``'s body.
+
+        ``extra_body`` fields are merged into the params; ``extra_headers`` and
+        ``extra_query`` cannot travel in a batch request and are left out.
+        """
+        params = self._request(prompt)
+        for name in ("extra_headers", "extra_query", "timeout"):
+            params.pop(name, None)
+        extra = params.pop("extra_body", None)
+        if isinstance(extra, Mapping):
+            params.update(extra)
+        payload = {"custom_id": custom_id, "params": jsonable(params)}
+        return BatchLine(custom_id, "messages", payload, line_size(payload))
+
+    def batch_output(self, body: Mapping[str, Any]) -> tuple[TOutput, TokenUsage]:
+        """Output and usage of one succeeded batch result's message, as ``execute`` returns."""
+        from anthropic.types import Message
+
+        try:
+            message = Message.model_validate(dict(body))
+        except Exception as exc:
+            raise _unreadable(exc) from exc
+        return self._output(message)
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
         """A placeholder shaped like the output: ``output_type.model_construct()`` or a string."""

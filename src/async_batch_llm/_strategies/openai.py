@@ -57,6 +57,13 @@ from async_batch_llm._strategies._http_api import (
     validate_reply,
 )
 from async_batch_llm._strategies.base import LLMCallStrategy
+from async_batch_llm._strategies.batch_api import BatchLimits, BatchLine
+from async_batch_llm._strategies.openai_batch import (
+    OPENAI_BATCH_LIMITS,
+    OPENAI_BATCH_URL,
+    OpenAIBatchBackend,
+    line_size,
+)
 from async_batch_llm._types import RetryState, TokenUsage, TOutput
 
 if TYPE_CHECKING:
@@ -208,11 +215,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         """
         import openai  # already loaded: the client is an openai client
 
-        request = dict(self.request_params)
-        request["model"] = self.model
-        request["messages"] = messages_from(prompt)
-        if self.output_type is not None and "response_format" not in request:
-            request["response_format"] = _response_format(self.output_type)
+        request = self._request(prompt)
         create: Any = self.client.chat.completions.with_raw_response.create
         try:
             raw = await create(**request, timeout=timeout)
@@ -224,6 +227,20 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         report_rate_limit_headers(raw.headers)
         try:
             completion = cast("ChatCompletion", await parse_response(raw))
+        except Exception as exc:
+            raise _unreadable(exc) from exc
+        return self._output(completion)
+
+    def _request(self, prompt: str | Messages) -> dict[str, Any]:
+        request = dict(self.request_params)
+        request["model"] = self.model
+        request["messages"] = messages_from(prompt)
+        if self.output_type is not None and "response_format" not in request:
+            request["response_format"] = _response_format(self.output_type)
+        return request
+
+    def _output(self, completion: ChatCompletion) -> tuple[TOutput, TokenUsage]:
+        try:
             choices = completion.choices
             text = (choices[0].message.content if choices else None) or ""
         except Exception as exc:
@@ -234,6 +251,49 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         output_type = self.output_type
         output = validate_reply(lambda: output_type.model_validate_json(text), usage)
         return cast("TOutput", output), usage
+
+    # ----------------------------------------------------------------- batch mode
+
+    batch_limits: BatchLimits = OPENAI_BATCH_LIMITS
+    """What one batch job may hold (``ProcessorConfig(mode="batch")``); OpenAI's limits."""
+    batch_poll_interval: tuple[float, float] = (5.0, 60.0)
+    """Seconds before the first status read of a job, and the most between two reads."""
+
+    def batch_backend(self) -> OpenAIBatchBackend:
+        """OpenAI's Batch API (Files + Batches) through this strategy's client."""
+        first, most = self.batch_poll_interval
+        return OpenAIBatchBackend(self.client, self.batch_limits, first, most)
+
+    def batch_line(self, custom_id: str, prompt: str | Messages) -> BatchLine:
+        """The JSONL request line of one item: the body ``execute`` would send.
+
+        ``extra_body`` fields are merged into the body; ``extra_headers`` and ``extra_query``
+        cannot travel in a line and are left out. Lines are grouped by model (one model per
+        input file, as OpenAI requires).
+        """
+        body = self._request(prompt)
+        for name in ("extra_headers", "extra_query", "timeout"):
+            body.pop(name, None)
+        extra = body.pop("extra_body", None)
+        if isinstance(extra, Mapping):
+            body.update(extra)
+        payload = {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": OPENAI_BATCH_URL,
+            "body": jsonable(body),
+        }
+        return BatchLine(custom_id, str(body["model"]), payload, line_size(payload))
+
+    def batch_output(self, body: Mapping[str, Any]) -> tuple[TOutput, TokenUsage]:
+        """Output and usage of one result line's chat completion, as ``execute`` returns them."""
+        from openai.types.chat import ChatCompletion
+
+        try:
+            completion = ChatCompletion.model_validate(dict(body))
+        except Exception as exc:
+            raise _unreadable(exc) from exc
+        return self._output(completion)
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
         """A placeholder shaped like the output: ``output_type.model_construct()`` or a string."""

@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from async_batch_llm._internal.backoff import capped_exponential
 from async_batch_llm._internal.quota_backend import QuotaBackend
@@ -55,6 +56,12 @@ def _check_number(name: str, value: object, *, optional: bool = False) -> None:
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        kind = ValueError if isinstance(value, str) else TypeError
+        raise kind(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def _check_optional_int(name: str, value: object) -> None:
@@ -247,6 +254,11 @@ class ProcessorConfig:
             (:class:`~async_batch_llm.core.GuardrailConfig`; by default no budget or deadline,
             and the batch stops at the first ``authentication`` or ``insufficient_quota``
             answer).
+        mode: ``"online"`` (one API call per attempt) or ``"batch"``: items go through their
+            provider's batch API at the batch price (built-in OpenAI strategy; see
+            docs/batch-mode.md). Every item's strategy must support batch mode.
+        batch_fallback: in batch mode, where lines that failed (retryably) or expired go
+            next: ``"batch"`` (another job) or ``"online"`` (ordinary calls).
         quota_backend: where the quota buckets and the rate-limit cooldown live (a
             :class:`~async_batch_llm.backends.QuotaBackend`); ``None`` or an
             :class:`~async_batch_llm.backends.InMemoryQuotaBackend` keeps them in this
@@ -284,6 +296,8 @@ class ProcessorConfig:
     quota_burst_seconds: float | None = None
     quotas: Mapping[str, QuotaLimits] | None = None
     guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
+    mode: Literal["online", "batch"] = "online"
+    batch_fallback: Literal["batch", "online"] = "batch"
     quota_backend: QuotaBackend | None = None
 
     def __post_init__(self) -> None:
@@ -316,6 +330,8 @@ class ProcessorConfig:
         _check_number("quota_burst_seconds", self.quota_burst_seconds, optional=True)
         _check_quotas(self.quotas)
         _check_instance("guardrails", self.guardrails, GuardrailConfig)
+        _check_choice("mode", self.mode, ("online", "batch"))
+        _check_choice("batch_fallback", self.batch_fallback, ("batch", "online"))
         if self.quota_backend is not None and not isinstance(self.quota_backend, QuotaBackend):
             raise TypeError(
                 "quota_backend must be a QuotaBackend (InMemoryQuotaBackend, "

@@ -58,10 +58,19 @@ class ExtendedEvent(Enum):
     - ``BATCH_ABORTED``: ``process_all()`` (or a stream) is ending by an exception, usually its
       cancellation, instead of returning; ``BATCH_COMPLETED`` does not follow. Payload:
       ``processed``, ``total``, ``duration`` (seconds) and ``error_type``.
+    - ``BATCH_JOB_SUBMITTED``, ``BATCH_JOB_PROGRESS``, ``BATCH_JOB_COMPLETED``: a provider batch
+      job (``ProcessorConfig(mode="batch")``, docs/batch-mode.md) was submitted, reported new
+      request counts while it ran, and ended. Payload: ``job_id``, ``provider``, ``requests``
+      (lines in the job), ``state`` (OpenAI's vocabulary: ``validating``, ``in_progress``,
+      ``finalizing``, ``completed``, ``expired``, ``cancelling``, ``cancelled``, ``failed``),
+      ``completed`` and ``failed`` (request counts the provider reported).
     """
 
     ATTEMPT_FAILED = "attempt_failed"
     BATCH_ABORTED = "batch_aborted"
+    BATCH_JOB_SUBMITTED = "batch_job_submitted"
+    BATCH_JOB_PROGRESS = "batch_job_progress"
+    BATCH_JOB_COMPLETED = "batch_job_completed"
 
 
 class ProcessorObserver(ABC):

@@ -51,9 +51,10 @@ class RichProgressObserver(BaseObserver):
     Args:
         total: number of items, when the processor cannot know it (a streamed source);
             ``BATCH_STARTED`` gives it otherwise.
-        max_requests_per_minute, max_tokens_per_minute: limits shown next to the rates;
-            without them, the limits the quota gate reports in item events are shown (a
-            batch with one quota scope).
+        max_requests_per_minute: the requests-per-minute limit shown next to the rate;
+            without it, the limit the quota gate reports in item events is shown (a batch
+            with one quota scope).
+        max_tokens_per_minute: the tokens-per-minute limit shown next to the rate, likewise.
         mode: ``"live"`` (the panel), ``"lines"`` (plain lines) or ``"auto"`` (the panel when
             ``file`` is a terminal, else lines).
         file: where to write; ``sys.stderr`` by default, so the output of a program stays clean.

@@ -106,6 +106,13 @@ class ArtifactStore(ABC):
         """:meth:`write` for records encoded by :meth:`_encode_for_write` (writer thread)."""
         self.write(encoded)  # type: ignore[arg-type]  # the default encoding is the record
 
+    def _idle_maintenance(self) -> None:  # noqa: B027  # an optional hook, empty by default
+        """Upkeep the writer thread runs once it has been idle for a commit interval.
+
+        The default does nothing. The SQLite store checkpoints its WAL here, so that no
+        checkpoint runs inside a commit that records are waiting for. Must not raise.
+        """
+
     def _writer_pair(
         self,
     ) -> tuple[Callable[[ArtifactRecord], object], Callable[[list[Any]], None]]:
@@ -118,6 +125,27 @@ class ArtifactStore(ABC):
         if _defined_in(cls, "write") is _defined_in(cls, "_write_encoded"):
             return self._encode_for_write, self._write_encoded
         return _keep_record, self.write
+
+    # Provider batch jobs (ProcessorConfig(mode="batch")): the processor saves each job's line
+    # map before submitting it and its id once known, so a resumed run polls the job instead
+    # of submitting its lines again. A store without this keeps nothing (jobs are not resumed).
+
+    supports_batch_jobs: bool = False
+    """Whether :meth:`save_batch_job` is durable (the built-in stores: yes)."""
+
+    def save_batch_job(self, key: str, value: str) -> None:
+        """Durably save (or replace) the batch-mode job entry ``key`` (a JSON text).
+
+        Returns once the entry survives the process being killed. The default keeps nothing.
+
+        Raises:
+            ArtifactStoreError: the store is closed or the write failed.
+        """
+        del key, value  # not kept: a resumed run submits those lines again
+
+    def load_batch_jobs(self) -> dict[str, str]:
+        """Every batch-mode job entry saved, ``key`` → latest value. The default has none."""
+        return {}
 
     @abstractmethod
     def iter_latest(self) -> Iterator[ArtifactRecord]:

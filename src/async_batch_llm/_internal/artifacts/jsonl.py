@@ -270,6 +270,45 @@ class JsonlArtifactStore(ArtifactStore):
                 index[record.item_id] = record
             self._records_written += len(pairs)
 
+    supports_batch_jobs = True
+
+    @property
+    def _jobs_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".batch-jobs")
+
+    def save_batch_job(self, key: str, value: str) -> None:
+        """Append the entry to ``<path>.batch-jobs`` (one JSON line, fsynced)."""
+        self._check_open()
+        line = json.dumps({"key": key, "value": value}, separators=(",", ":")) + "\n"
+        try:
+            fd = os.open(self._jobs_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ArtifactStoreError(
+                f"cannot save a batch job in {self._jobs_path}: {exc}"
+            ) from exc
+
+    def load_batch_jobs(self) -> dict[str, str]:
+        self._check_open()
+        try:
+            text = self._jobs_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ArtifactStoreError(f"cannot read {self._jobs_path}: {exc}") from exc
+        entries: dict[str, str] = {}
+        for raw in text.splitlines():
+            try:
+                entry = json.loads(raw)
+                entries[str(entry["key"])] = str(entry["value"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-write
+        return entries
+
     def iter_latest(self) -> Iterator[ArtifactRecord]:
         """Yield the latest record of every item, in the order items first appeared.
 

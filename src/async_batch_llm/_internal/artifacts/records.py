@@ -343,8 +343,20 @@ def item_fingerprint(prompt: object, identity: str, version: str | None) -> str:
             text = json.dumps(prompt, sort_keys=True, default=repr, separators=(",", ":"))
         except (TypeError, ValueError, RecursionError):
             text = repr(prompt)
-    data = f"{identity}\x00{version or ''}\x00{text}".encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    hasher = fingerprint_hasher(identity, version)
+    hasher.update(text.encode("utf-8", "surrogatepass"))
+    return hasher.hexdigest()
+
+
+def fingerprint_hasher(identity: str, version: str | None) -> hashlib.blake2b:
+    """A BLAKE2b hasher fed with everything of a fingerprint but the prompt.
+
+    :func:`item_fingerprint` is this, updated with the prompt's text; a caller hashing many
+    prompts of one strategy keeps the hasher and ``copy()``s it for each.
+    """
+    return hashlib.blake2b(
+        f"{identity}\x00{version or ''}\x00".encode("utf-8", "surrogatepass"), digest_size=16
+    )
 
 
 def record_to_json_line(record: ArtifactRecord) -> str:

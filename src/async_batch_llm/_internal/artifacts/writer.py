@@ -234,7 +234,10 @@ class ArtifactWriter(Generic[P]):
         queue = self._queue
         cond = self._cond
         warned_at = -math.inf
+        maintain = self._store._idle_maintenance
+        dirty = False  # committed since the last maintenance
         while True:
+            idle = False
             with cond:
                 while not queue:
                     if self._stopping:
@@ -246,8 +249,18 @@ class ArtifactWriter(Generic[P]):
                     if queue:
                         self._idle = False
                         break
-                    cond.wait()
+                    # After commits, wait at most an interval: a writer idle that long does
+                    # the store's upkeep (a WAL checkpoint) where no record waits for it.
+                    notified = cond.wait(self._interval if dirty else None)
                     self._idle = False
+                    if not notified and not queue:
+                        idle = True
+                        break
+            if idle:
+                dirty = False
+                if self._failed is None:
+                    maintain()
+                continue
             batch = [queue.popleft() for _ in range(len(queue))]
             if self._failed is not None:
                 self._route_failed(self._failed, batch)
@@ -272,6 +285,7 @@ class ArtifactWriter(Generic[P]):
                     lag,
                     self._interval,
                 )
+            dirty = True
             self._committed += len(batch)
             self._commits += 1
             payloads = [payload for _, payload, _ in batch]

@@ -67,6 +67,7 @@ SDK retry defaults (disable them in tests that count requests):
 * openai / anthropic: 2 retries; pass ``max_retries=0``.
 """
 
+from ._batches import BatchTiming
 from ._core import (
     Disconnect,
     ErrorResponse,
@@ -99,6 +100,7 @@ from .openai import OpenAIServer
 
 __all__ = [
     "AnthropicServer",
+    "BatchTiming",
     "Disconnect",
     "ErrorResponse",
     "Exchange",

@@ -20,6 +20,17 @@ Served:
   (longer replies are cut to that many words with ``stop_reason: "max_tokens"``).
 * ``POST /v1/messages/count_tokens`` (kind ``"count_tokens"``).
 * ``GET /v1/models`` (kind ``"models_list"``).
+* Message Batches: ``POST /v1/messages/batches`` (kind ``"batches_create"``),
+  ``GET /v1/messages/batches/{id}`` (``"batches_retrieve"``), ``POST
+  /v1/messages/batches/{id}/cancel`` (``"batches_cancel"``) and ``GET
+  /v1/messages/batches/{id}/results`` (``"batches_results"``, JSONL). A batch is refused with 400
+  unless every request has a unique ``custom_id`` (``[A-Za-z0-9_-]{1,64}``) and ``params`` with
+  ``model``, ``max_tokens`` and ``messages``, and there are at most ``batch_max_requests`` of them
+  (413 past ``batch_max_bytes``). It runs like the OpenAI emulator's jobs (``batch_timing``, see
+  :class:`~._batches.BatchTiming`; ``processing_status`` ``in_progress`` → ``ended``, or
+  ``canceling`` → ``ended``), each request answered through ``respond`` like ``POST
+  /v1/messages``; results are ``succeeded``, ``errored`` (the error body), ``canceled`` or
+  ``expired``. Counters: ``batch_jobs``, ``batch_line_submissions``.
 
 Token accounting: the prompt is the word count of ``system`` and every message
 block (text, tool-use name and JSON input, tool-result text), at least 1; tool
@@ -93,12 +104,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from ._batches import BatchJob, BatchTiming, LineAnswer, answer_line, line_request
 from ._core import (
     AccountFault,
     APIError,
@@ -124,6 +138,9 @@ from ._core import (
     word_count,
 )
 from ._http import HTTPRequest, HTTPResponse
+
+_BATCH = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)(?P<action>/cancel|/results)?$")
+_CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 __all__ = ["AnthropicServer"]
 
@@ -291,12 +308,26 @@ class AnthropicServer(ProviderServer):
             each bucket holds ``limit * window / 60`` (3 s: 5% of a minute's worth).
         api_key: If set, the key must match, otherwise 401 ``authentication_error``; it is
             read from ``Authorization: Bearer`` (what anthropic 2.x sends) or ``x-api-key``.
-        host, port, raise_handler_errors: See :class:`ProviderServer`.
+        batch_timing: How Message Batches progress (``None``: ``BatchTiming()``, real time).
+        batch_max_requests: Requests one Message Batch may hold (100,000, as Anthropic).
+        batch_max_bytes: Bytes one Message Batch request body may take (256 MB, as Anthropic).
+        host: See :class:`ProviderServer`.
+        port: See :class:`ProviderServer`.
+        raise_handler_errors: See :class:`ProviderServer`.
     """
 
     provider: ClassVar[str] = "anthropic"
     kinds: ClassVar[frozenset[str]] = frozenset(
-        {"messages", "count_tokens", "models_list", "unknown"}
+        {
+            "messages",
+            "count_tokens",
+            "models_list",
+            "batches_create",
+            "batches_retrieve",
+            "batches_cancel",
+            "batches_results",
+            "unknown",
+        }
     )
     generation_kinds: ClassVar[frozenset[str]] = frozenset({"messages"})
 
@@ -316,6 +347,9 @@ class AnthropicServer(ProviderServer):
         output_tokens_per_minute: int | None = None,
         rate_limit_window_seconds: float = 3.0,
         api_key: str | None = None,
+        batch_timing: BatchTiming | None = None,
+        batch_max_requests: int = 100_000,
+        batch_max_bytes: int = 256 * 1024 * 1024,
         host: str = "127.0.0.1",
         port: int = 0,
         raise_handler_errors: bool = True,
@@ -342,6 +376,11 @@ class AnthropicServer(ProviderServer):
             },
             rate_limit_window_seconds,
         )
+        self.batch_timing = batch_timing if batch_timing is not None else BatchTiming()
+        self.batch_max_requests = batch_max_requests
+        self.batch_max_bytes = batch_max_bytes
+        self.batch_jobs: dict[str, BatchJob] = {}
+        self.batch_line_submissions: Counter[str] = Counter()
 
     def clear_prompt_cache(self) -> None:
         """Forget every cached prompt prefix."""
@@ -364,7 +403,143 @@ class AnthropicServer(ProviderServer):
             return Route(self._details(body, "count_tokens", generation=False), self._count_tokens)
         if raw.method == "GET" and raw.path == "/v1/models":
             return Route(RequestDetails(kind="models_list"), self._models_list)
+        if raw.method == "POST" and raw.path == "/v1/messages/batches":
+            return Route(RequestDetails(kind="batches_create"), self._batches_create)
+        match = _BATCH.match(raw.path)
+        if match is not None:
+            action = match["action"]
+            if raw.method == "GET" and action is None:
+                return Route(RequestDetails(kind="batches_retrieve"), self._batches_retrieve)
+            if raw.method == "POST" and action == "/cancel":
+                return Route(RequestDetails(kind="batches_cancel"), self._batches_cancel)
+            if raw.method == "GET" and action == "/results":
+                return Route(RequestDetails(kind="batches_results"), self._batches_results)
         return None
+
+    # ----------------------------------------------------------------- message batches
+
+    def _job(self, request: ProviderRequest) -> BatchJob:
+        match = _BATCH.match(request.path)
+        job = self.batch_jobs.get(match["id"]) if match is not None else None
+        if job is None:
+            raise APIError(404, "Message batch not found.")
+        return job
+
+    async def _batches_create(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        requests = request.body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise APIError(400, "requests: a non-empty list is required")
+        if len(requests) > self.batch_max_requests:
+            raise APIError(400, f"requests: at most {self.batch_max_requests} requests")
+        if len(json.dumps(request.body)) > self.batch_max_bytes:
+            raise APIError(413, f"Request exceeds the maximum size of {self.batch_max_bytes}")
+        lines: list[tuple[str, Any]] = []
+        seen: set[str] = set()
+        for index, entry in enumerate(requests):
+            custom_id = entry.get("custom_id") if isinstance(entry, Mapping) else None
+            if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
+                raise APIError(400, f"requests.{index}.custom_id: must match [A-Za-z0-9_-]{{1,64}}")
+            if custom_id in seen:
+                raise APIError(400, f"requests.{index}.custom_id: duplicate {custom_id!r}")
+            params = entry.get("params")
+            if not isinstance(params, Mapping) or not all(
+                key in params for key in ("model", "max_tokens", "messages")
+            ):
+                raise APIError(
+                    400, f"requests.{index}.params: model, max_tokens, messages required"
+                )
+            seen.add(custom_id)
+            lines.append((custom_id, dict(params)))
+        job = BatchJob(
+            self._next_id("msgbatch_", 24),
+            lines,
+            self.clock(),
+            self.batch_timing.for_job(len(self.batch_jobs)),
+        )
+        self.batch_jobs[job.id] = job
+        self.batch_line_submissions.update(custom_id for custom_id, _ in lines)
+        return self._json_response(self._batch_json(job))
+
+    async def _batches_retrieve(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await job.advance(self.clock(), self._run_line)
+        return self._json_response(self._batch_json(job))
+
+    async def _batches_cancel(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await job.advance(self.clock(), self._run_line)
+        job.cancel(self.clock())
+        return self._json_response(self._batch_json(job))
+
+    async def _batches_results(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await job.advance(self.clock(), self._run_line)
+        if not job.done:
+            raise APIError(400, f"Message batch {job.id} has not ended yet.")
+        not_run = "canceled" if job.state == "cancelled" else "expired"
+        out = []
+        for custom_id, _ in job.lines:
+            answer = job.answers.get(custom_id)
+            result: JSONDict
+            if answer is None:
+                result = {"type": not_run}
+            elif 200 <= answer[0] < 300:
+                result = {"type": "succeeded", "message": answer[1]}
+            else:
+                result = {"type": "errored", "error": answer[1]}
+            out.append(json.dumps({"custom_id": custom_id, "result": result}))
+        data = ("\n".join(out) + "\n").encode("utf-8")
+        return HTTPResponse(200, data, content_type="application/binary")
+
+    async def _run_line(self, body: Any) -> LineAnswer:
+        details = self._details(body, "messages", generation=True)
+        request = line_request(self, details, body, "/v1/messages")
+        return await answer_line(self, request, self._messages)
+
+    def _batch_json(self, job: BatchJob) -> JSONDict:
+        def at(state: str) -> str | None:
+            moment = job.times.get(state)
+            return None if moment is None else format_timestamp(moment)
+
+        unanswered = len(job.lines) - len(job.answers)
+        ended = job.done
+        window = job.timing.completion_window / max(job.timing.time_scale, 1e-12)
+        if job.state == "cancelling":
+            status = "canceling"
+        elif ended:
+            status = "ended"
+        else:
+            status = "in_progress"
+        ended_at = next(
+            (at(state) for state in ("completed", "expired", "cancelled") if state in job.times),
+            None,
+        )
+        return {
+            "id": job.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {
+                "processing": 0 if ended else unanswered,
+                "succeeded": job.completed_count,
+                "errored": job.failed_count,
+                "canceled": unanswered if job.state == "cancelled" else 0,
+                "expired": unanswered if ended and job.state != "cancelled" else 0,
+            },
+            "ended_at": ended_at,
+            "created_at": format_timestamp(job.created_at),
+            "expires_at": format_timestamp(job.created_at + window),
+            "archived_at": None,
+            "cancel_initiated_at": at("cancelling"),
+            "results_url": f"{self.url}/v1/messages/batches/{job.id}/results" if ended else None,
+        }
 
     def _details(self, body: JSONDict, kind: str, *, generation: bool) -> RequestDetails:
         messages = [m for m in body.get("messages") or [] if isinstance(m, Mapping)]

@@ -323,7 +323,9 @@ class GeminiServer(ProviderServer):
             alongside ``cachedContent`` as the real API does.
         api_key: If set, the ``x-goog-api-key`` header (or ``key`` query
             parameter) must match, otherwise 400 ``API_KEY_INVALID``.
-        host, port, raise_handler_errors: See :class:`ProviderServer`.
+        host: See :class:`ProviderServer`.
+        port: See :class:`ProviderServer`.
+        raise_handler_errors: See :class:`ProviderServer`.
     """
 
     provider: ClassVar[str] = "gemini"

@@ -22,6 +22,22 @@ Served:
   ``max_tokens``/``max_completion_tokens`` (longer replies are cut to that many
   words with ``finish_reason: "length"``).
 * ``GET /v1/models`` and ``GET /v1/models/{id}`` (kinds ``"models_list"``, ``"models_retrieve"``).
+* The Batch API: ``POST /v1/files`` (multipart upload, ``purpose: "batch"``; kind
+  ``"files_create"``), ``GET /v1/files/{id}`` and ``GET /v1/files/{id}/content``
+  (``"files_retrieve"``, ``"files_content"``), ``POST /v1/batches`` (``"batches_create"``),
+  ``GET /v1/batches/{id}`` (``"batches_retrieve"``), ``GET /v1/batches`` (``"batches_list"``,
+  newest first, ``after``/``limit`` pages) and ``POST /v1/batches/{id}/cancel``
+  (``"batches_cancel"``). A job validates its input file (JSONL lines with a unique
+  ``custom_id``, ``method: "POST"``, the batch's ``url`` and one model per file, at most
+  ``batch_max_requests`` lines and ``batch_max_bytes`` bytes; otherwise it ends ``failed``
+  with ``errors``), then runs through ``validating``, ``in_progress``, ``finalizing`` and
+  ``completed`` on the server clock times ``batch_timing.time_scale`` (see
+  :class:`~._batches.BatchTiming`), answering each line through ``respond`` like a chat
+  completion (a fault returned for a line becomes that line's error answer).  2xx answers go
+  to the output file, the others to the error file; an expired (``expire_after_lines`` or past
+  its window) or cancelled job reports its unanswered lines in the error file with
+  ``error.code`` ``"batch_expired"`` / ``"batch_cancelled"``. Counters: ``batch_jobs``
+  (every job created) and ``batch_line_submissions`` (``custom_id`` → how many jobs held it).
 
 Structured output: pydantic-ai 2.62's ``OpenAIChatModel`` asks for a pydantic
 ``output_type`` with a ``final_result`` function tool and ``tool_choice:
@@ -77,6 +93,9 @@ Counters: ``rate_limit_admitted``, ``rate_limit_rejections`` (per limit name),
 ``rate_limited_count``, ``rate_limit_charged`` (``"requests"``, ``"tokens"``);
 ``rate_limit_status()`` gives each limit's state.
 
+Billing: :attr:`OpenAIServer.usage_log` keeps the usage of every chat completion answered
+(model, prompt, cached and completion tokens), so a test can price what the server billed.
+
 Retries: the ``openai`` SDK retries 408/409/429/5xx and connection errors twice
 by default (honouring ``retry-after-ms``/``retry-after`` up to 120 s, otherwise
 0.5 s doubling up to 8 s with jitter); pass ``max_retries=0`` to disable.  It
@@ -94,13 +113,18 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any, ClassVar
 
+from ._batches import BatchJob, BatchTiming, LineAnswer, line_request
 from ._core import (
     AccountFault,
     APIError,
+    ErrorResponse,
     FaultFn,
     InsufficientQuota,
     InvalidAPIKey,
@@ -108,14 +132,18 @@ from ._core import (
     Malformed,
     ProviderRequest,
     ProviderServer,
+    RateLimited,
     RateLimitRejection,
     RateLimitStatus,
     Reply,
     RequestDetails,
     Respond,
     Route,
+    ServerError,
     ToolCall,
     ToolSpec,
+    _FaultSignal,
+    _HandlerFailure,
     count_tokens,
     cut_to_limit,
     output_tokens,
@@ -128,6 +156,31 @@ from ._http import HTTPRequest, HTTPResponse
 __all__ = ["OpenAIServer"]
 
 _MODEL = re.compile(r"^/v1/models/(?P<model>[^/]+)$")
+_FILE = re.compile(r"^/v1/files/(?P<id>[^/]+)(?P<content>/content)?$")
+_BATCH = re.compile(r"^/v1/batches/(?P<id>[^/]+)(?P<cancel>/cancel)?$")
+_BATCH_ENDPOINTS = ("/v1/chat/completions",)
+
+
+@dataclass
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+
+    def json(self) -> JSONDict:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+        }
+
+
 DEFAULT_OPENAI_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini")
 
 _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
@@ -297,12 +350,29 @@ class OpenAIServer(ProviderServer):
         rate_limit_window_seconds: The window the per-minute limits are enforced over:
             each bucket holds ``limit * window / 60`` (3 s: 5% of a minute's worth).
         api_key: If set, ``Authorization: Bearer <key>`` must match, otherwise 401.
-        host, port, raise_handler_errors: See :class:`ProviderServer`.
+        batch_timing: How batch jobs progress (``None``: ``BatchTiming()``, real time).
+        batch_max_requests: Lines one batch input file may hold (50,000, as OpenAI).
+        batch_max_bytes: Bytes one batch input file may hold (200 MB, as OpenAI).
+        host: See :class:`ProviderServer`.
+        port: See :class:`ProviderServer`.
+        raise_handler_errors: See :class:`ProviderServer`.
     """
 
     provider: ClassVar[str] = "openai"
     kinds: ClassVar[frozenset[str]] = frozenset(
-        {"chat_completions", "models_list", "models_retrieve", "unknown"}
+        {
+            "chat_completions",
+            "models_list",
+            "models_retrieve",
+            "files_create",
+            "files_retrieve",
+            "files_content",
+            "batches_create",
+            "batches_retrieve",
+            "batches_list",
+            "batches_cancel",
+            "unknown",
+        }
     )
     generation_kinds: ClassVar[frozenset[str]] = frozenset({"chat_completions"})
 
@@ -322,6 +392,9 @@ class OpenAIServer(ProviderServer):
         tokens_per_minute: int | None = None,
         rate_limit_window_seconds: float = 3.0,
         api_key: str | None = None,
+        batch_timing: BatchTiming | None = None,
+        batch_max_requests: int = 50_000,
+        batch_max_bytes: int = 200 * 1024 * 1024,
         host: str = "127.0.0.1",
         port: int = 0,
         raise_handler_errors: bool = True,
@@ -345,6 +418,20 @@ class OpenAIServer(ProviderServer):
             {"requests": requests_per_minute, "tokens": tokens_per_minute},
             rate_limit_window_seconds,
         )
+        self.batch_timing = batch_timing if batch_timing is not None else BatchTiming()
+        self.batch_max_requests = batch_max_requests
+        self.batch_max_bytes = batch_max_bytes
+        self.batch_jobs: dict[str, BatchJob] = {}
+        self.batch_line_submissions: Counter[str] = Counter()
+        self._files: dict[str, _File] = {}
+        self.usage_log: list[JSONDict] = []
+        """The usage billed by every chat completion answered, in answer order: ``{"model",
+        "prompt_tokens", "cached_tokens", "completion_tokens"}`` (the figures of its ``usage``)."""
+
+    def reset_stats(self) -> None:
+        """Clear recorded requests, exchanges, counters and :attr:`usage_log`."""
+        super().reset_stats()
+        self.usage_log.clear()
 
     @property
     def base_url(self) -> str:
@@ -375,6 +462,9 @@ class OpenAIServer(ProviderServer):
             return Route(self._chat_details(body), self._chat)
         if raw.path == "/v1/models" and raw.method == "GET":
             return Route(RequestDetails(kind="models_list"), self._models_list)
+        batch_route = self._batch_route(raw)
+        if batch_route is not None:
+            return batch_route
         match = _MODEL.match(raw.path)
         if match is not None and raw.method == "GET":
             return Route(
@@ -586,6 +676,14 @@ class OpenAIServer(ProviderServer):
         cached = min(self._cached_tokens(request, reply), prompt_tokens)
         reserved = _reserved_completion(body)
         self._settle_rate_limits(request, {"tokens": prompt_tokens + max(reserved, output * n)})
+        self.usage_log.append(
+            {
+                "model": request.model,
+                "prompt_tokens": prompt_tokens,
+                "cached_tokens": cached,
+                "completion_tokens": output * n,
+            }
+        )
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": output * n,
@@ -720,6 +818,292 @@ class OpenAIServer(ProviderServer):
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
 
+    # ----------------------------------------------------------------- batch API
+
+    def _parse_body(self, raw: HTTPRequest) -> tuple[JSONDict, str | None]:
+        content_type = raw.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return super()._parse_body(raw)
+        head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")
+        message = BytesParser(policy=HTTP).parsebytes(head + raw.body)
+        form: JSONDict = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            data = part.get_payload(decode=True)
+            if not isinstance(name, str) or not isinstance(data, bytes):
+                continue
+            filename = part.get_filename()
+            if filename is not None:
+                form[name] = {"filename": filename, "data": data}
+            else:
+                form[name] = data.decode("utf-8")
+        return form, None
+
+    def _batch_route(self, raw: HTTPRequest) -> Route | None:
+        method, path = raw.method, raw.path
+        if path == "/v1/files" and method == "POST":
+            return Route(RequestDetails(kind="files_create"), self._files_create)
+        if path == "/v1/batches" and method == "POST":
+            return Route(RequestDetails(kind="batches_create"), self._batches_create)
+        if path == "/v1/batches" and method == "GET":
+            return Route(RequestDetails(kind="batches_list"), self._batches_list)
+        match = _FILE.match(path)
+        if match is not None and method == "GET":
+            kind = "files_content" if match["content"] else "files_retrieve"
+            handler = self._files_content if match["content"] else self._files_retrieve
+            return Route(RequestDetails(kind=kind), handler)
+        match = _BATCH.match(path)
+        if match is not None and (method == "POST") == bool(match["cancel"]):
+            if match["cancel"]:
+                return Route(RequestDetails(kind="batches_cancel"), self._batches_cancel)
+            return Route(RequestDetails(kind="batches_retrieve"), self._batches_retrieve)
+        return None
+
+    def _file(self, request: ProviderRequest) -> _File:
+        match = _FILE.match(request.path)
+        found = self._files.get(match["id"]) if match is not None else None
+        if found is None:
+            raise APIError(404, "No such File object.")
+        return found
+
+    def _job(self, request: ProviderRequest) -> BatchJob:
+        match = _BATCH.match(request.path)
+        job = self.batch_jobs.get(match["id"]) if match is not None else None
+        if job is None:
+            raise APIError(404, "No batch found.")
+        return job
+
+    async def _files_create(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        upload = request.body.get("file")
+        purpose = request.body.get("purpose")
+        if not isinstance(upload, Mapping) or not isinstance(purpose, str):
+            raise APIError(400, "A multipart upload with 'file' and 'purpose' is required.")
+        created = _File(
+            self._next_id("file-", 24),
+            str(upload["filename"]),
+            purpose,
+            bytes(upload["data"]),
+            int(self.clock()),
+        )
+        self._files[created.id] = created
+        return self._json_response(created.json())
+
+    async def _files_retrieve(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        return self._json_response(self._file(request).json())
+
+    async def _files_content(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        return HTTPResponse(200, self._file(request).data, content_type="application/octet-stream")
+
+    async def _batches_create(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        body = request.body
+        source = self._files.get(str(body.get("input_file_id")))
+        if source is None:
+            raise APIError(400, f"Invalid 'input_file_id': {body.get('input_file_id')!r}.")
+        endpoint = body.get("endpoint")
+        if endpoint not in _BATCH_ENDPOINTS:
+            raise APIError(400, f"Invalid 'endpoint': {endpoint!r}.")
+        if body.get("completion_window") != "24h":
+            raise APIError(400, "Invalid 'completion_window': only '24h' is supported.")
+        job = BatchJob(
+            self._next_id("batch_", 24),
+            [],
+            self.clock(),
+            self.batch_timing.for_job(len(self.batch_jobs)),
+        )
+        metadata = body.get("metadata")
+        job.extra.update(
+            endpoint=endpoint,
+            input_file_id=source.id,
+            errors=None,
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+        )
+        errors = self._read_input(source, str(endpoint), job)
+        self.batch_jobs[job.id] = job
+        if errors:
+            job.extra["errors"] = {"object": "list", "data": errors}
+            job.fail(self.clock())
+        else:
+            self.batch_line_submissions.update(custom_id for custom_id, _ in job.lines)
+        return self._json_response(self._batch_json(job))
+
+    def _read_input(self, source: _File, endpoint: str, job: BatchJob) -> list[JSONDict]:
+        """Fill ``job.lines`` from the input file; return its validation errors."""
+
+        def error(code: str, message: str, line: int | None = None) -> JSONDict:
+            return {"code": code, "message": message, "param": None, "line": line}
+
+        if len(source.data) > self.batch_max_bytes:
+            return [error("file_too_large", f"File exceeds {self.batch_max_bytes} bytes.")]
+        seen: set[str] = set()
+        models: set[str] = set()
+        for number, text in enumerate(source.data.decode("utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError:
+                return [error("invalid_json_line", "This line is not parseable as JSON.", number)]
+            custom_id = line.get("custom_id") if isinstance(line, dict) else None
+            if not isinstance(custom_id, str) or custom_id in seen:
+                return [error("duplicate_custom_id", "custom_id missing or repeated.", number)]
+            if line.get("method") != "POST" or line.get("url") != endpoint:
+                return [error("invalid_url", f"url must be {endpoint!r}.", number)]
+            request_body = line.get("body")
+            if not isinstance(request_body, dict) or not isinstance(request_body.get("model"), str):
+                return [error("missing_required_parameter", "body.model is required.", number)]
+            seen.add(custom_id)
+            models.add(request_body["model"])
+            job.lines.append((custom_id, request_body))
+        if len(models) > 1:
+            return [error("mismatched_model", "All lines of a file must use the same model.")]
+        if len(job.lines) > self.batch_max_requests:
+            return [error("too_many_requests", f"At most {self.batch_max_requests} requests.")]
+        if not job.lines:
+            return [error("empty_file", "The input file has no requests.")]
+        return []
+
+    async def _batches_retrieve(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await self._advance(job)
+        return self._json_response(self._batch_json(job))
+
+    async def _batches_list(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        """Newest first, ``limit`` (default 20) per page after the ``after`` id."""
+        jobs = list(reversed(self.batch_jobs.values()))
+        after = request.query.get("after")
+        if after is not None:
+            ids = [job.id for job in jobs]
+            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+        limit = int(request.query.get("limit") or 20)
+        page = jobs[:limit]
+        return self._json_response(
+            {
+                "object": "list",
+                "data": [self._batch_json(job) for job in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(jobs) > limit,
+            }
+        )
+
+    async def _batches_cancel(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await self._advance(job)
+        job.cancel(self.clock())
+        return self._json_response(self._batch_json(job))
+
+    async def _advance(self, job: BatchJob) -> None:
+        was_done = job.done
+        await job.advance(self.clock(), self._run_line)
+        if job.done and not was_done:
+            self._write_results(job)
+
+    async def _run_line(self, body: Any) -> LineAnswer:
+        """Answer one line like ``POST /v1/chat/completions`` with that body."""
+        details = self._chat_details(body)
+        request = line_request(self, details, body, "/v1/chat/completions")
+        try:
+            response = await self._chat(request, None)
+        except APIError as exc:
+            return exc.status, _error_body(exc.status, exc.message, exc.code)
+        except _FaultSignal as signal:
+            fault = signal.fault
+            if isinstance(fault, RateLimited):
+                return 429, _error_body(429, fault.message, "rate_limit_exceeded")
+            if isinstance(fault, ServerError | ErrorResponse):
+                return fault.status, _error_body(fault.status, fault.message, None)
+            if isinstance(fault, Malformed):
+                response = await self._chat(request, fault)
+            else:
+                return 500, _error_body(500, type(fault).__name__, None)
+        except _HandlerFailure as failure:
+            return 500, _error_body(500, f"{type(failure.error).__name__}: {failure.error}", None)
+        return response.status, json.loads(response.body)
+
+    def _write_results(self, job: BatchJob) -> None:
+        if job.state == "failed":
+            return
+        outputs: list[str] = []
+        errors: list[str] = []
+        not_run = "batch_cancelled" if job.state == "cancelled" else "batch_expired"
+        for custom_id, _ in job.lines:
+            answer = job.answers.get(custom_id)
+            line: JSONDict = {"id": self._next_id("batch_req_", 24), "custom_id": custom_id}
+            if answer is None:
+                line["response"] = None
+                line["error"] = {
+                    "code": not_run,
+                    "message": "This request could not be executed before the batch ended.",
+                }
+                errors.append(json.dumps(line))
+                continue
+            status, body = answer
+            line["response"] = {
+                "status_code": status,
+                "request_id": self._next_id("req_", 24),
+                "body": body,
+            }
+            line["error"] = None
+            (outputs if 200 <= status < 300 else errors).append(json.dumps(line))
+        for key, lines in (("output_file_id", outputs), ("error_file_id", errors)):
+            if lines:
+                created = _File(
+                    self._next_id("file-", 24),
+                    f"{job.id}_{key.removesuffix('_file_id')}.jsonl",
+                    "batch_output",
+                    ("\n".join(lines) + "\n").encode("utf-8"),
+                    int(self.clock()),
+                )
+                self._files[created.id] = created
+                job.extra[key] = created.id
+
+    def _batch_json(self, job: BatchJob) -> JSONDict:
+        def at(state: str) -> int | None:
+            moment = job.times.get(state)
+            return None if moment is None else int(moment)
+
+        window = job.timing.completion_window / max(job.timing.time_scale, 1e-12)
+        return {
+            "id": job.id,
+            "object": "batch",
+            "endpoint": job.extra["endpoint"],
+            "errors": job.extra.get("errors"),
+            "input_file_id": job.extra["input_file_id"],
+            "completion_window": "24h",
+            "status": job.state,
+            "output_file_id": job.extra.get("output_file_id"),
+            "error_file_id": job.extra.get("error_file_id"),
+            "created_at": int(job.created_at),
+            "in_progress_at": at("in_progress"),
+            "expires_at": int(job.created_at + window),
+            "finalizing_at": at("finalizing"),
+            "completed_at": at("completed"),
+            "failed_at": at("failed"),
+            "expired_at": at("expired"),
+            "cancelling_at": at("cancelling"),
+            "cancelled_at": at("cancelled"),
+            "request_counts": {
+                "total": len(job.lines),
+                "completed": job.completed_count,
+                "failed": job.failed_count,
+            },
+            "metadata": job.extra.get("metadata"),
+        }
+
     # ----------------------------------------------------------------- models
 
     def _model_names(self) -> list[str]:
@@ -740,3 +1124,17 @@ class OpenAIServer(ProviderServer):
     ) -> HTTPResponse:
         self._check_model(request.model)
         return self._json_response(self._model_json(request.model or ""))
+
+
+def _error_body(status: int, message: str | None, code: str | None) -> JSONDict:
+    kind, default_code, default_message = _ERROR_KINDS.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None, "Error.")
+    )
+    return {
+        "error": {
+            "message": message or default_message,
+            "type": kind,
+            "param": None,
+            "code": code if code is not None else default_code,
+        }
+    }
