@@ -62,8 +62,24 @@ help: ## Show this help
 # --- environment -------------------------------------------------------------
 
 .PHONY: install
-install: $(STAMP) ## Create .venv and sync it to requirements/dev.txt (fast when up to date)
+install: $(STAMP) redis-server ## Create .venv and sync it to requirements/dev.txt (fast when up to date)
 	@:
+
+# The Redis quota tests start a real redis-server (Debian package). Install it when it is
+# missing and this machine allows it (root and apt-get); never fail the install over it: the
+# tests then skip, saying how to install it (and .ci/run turns that skip into a failure).
+.PHONY: redis-server
+redis-server: ## Install the redis-server program for the Redis tests, if missing and possible
+	@if command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo ">> installing redis-server with apt-get (for the Redis tests)"; \
+		if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends redis-server; } >/dev/null 2>&1; then \
+			echo ">> could not install redis-server: the Redis tests will skip" >&2; \
+		fi; \
+	else \
+		echo ">> redis-server is missing (apt-get install redis-server): the Redis tests will skip" >&2; \
+	fi
 
 $(STAMP): $(LOCK) pyproject.toml
 	@$(FIND_UV); \

@@ -102,6 +102,7 @@ def test_each_processor_config_gets_its_own_nested_configs() -> None:
                 "guardrails",
                 "mode",
                 "batch_fallback",
+                "quota_backend",
             ],
         ),
     ],

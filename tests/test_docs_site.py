@@ -126,6 +126,7 @@ PUBLIC_MODULES = (
     "async_batch_llm.core",
     "async_batch_llm.artifacts",
     "async_batch_llm.quota",
+    "async_batch_llm.backends",
     "async_batch_llm.streaming",
     "async_batch_llm.observers",
     "async_batch_llm.llm_strategies",

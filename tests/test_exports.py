@@ -73,6 +73,9 @@ BEYOND_ALL = {
     "RichProgressObserver": "async_batch_llm.observers",
     "OpenTelemetryObserver": "async_batch_llm.observers",
     "ExtendedEvent": "async_batch_llm.observers",
+    "QuotaBackend": "async_batch_llm.backends",
+    "InMemoryQuotaBackend": "async_batch_llm.backends",
+    "RedisQuotaBackend": "async_batch_llm.backends.redis",
 }
 """Names added after 0.6.0 (spec BEYOND.md), appended to ``__all__`` after the 39, and the
 module each also lives in."""
@@ -170,6 +173,15 @@ MODULE_MAP: dict[str, list[str]] = {
         "TokenEstimator",
         "report_rate_limit_headers",
     ],
+    "async_batch_llm.backends": [
+        "BucketSpec",
+        "CooldownTurn",
+        "InMemoryQuotaBackend",
+        "QuotaBackend",
+        "QuotaBackendError",
+        "RedisQuotaBackend",
+    ],
+    "async_batch_llm.backends.redis": ["RedisQuotaBackend"],
     "async_batch_llm.strategies": [*ERRORS, *RATE_LIMIT],
     "async_batch_llm.strategies.errors": [
         *ERRORS,

@@ -71,6 +71,7 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "quota",
         "budgets",
         "batch-mode",
+        "scale-out",
     }
     assert set(snippets()) == covered
 
@@ -78,6 +79,16 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
 def test_batch_mode_snippet_prices_the_batch_at_half_the_online_cost() -> None:
     _, printed = run_snippet("batch-mode")
     assert printed.splitlines() == ["50/50 succeeded, cost $0.000109"]
+
+
+def test_scale_out_snippet_configures_a_shared_quota_without_connecting() -> None:
+    scope, printed = run_snippet("scale-out")
+    backend = scope["config"].quota_backend
+    assert type(backend).__name__ == "RedisQuotaBackend"
+    assert backend.namespace == "team-openai-key"
+    assert printed == (
+        "RedisQuotaBackend('redis://127.0.0.1:6379/0', namespace='team-openai-key')\n"
+    )
 
 
 def test_budgets_snippet_stops_at_the_cost_cap() -> None:

@@ -20,6 +20,7 @@ from async_batch_llm.artifacts import (
     ResumePolicy,
     SqliteArtifactStore,
 )
+from async_batch_llm.backends import InMemoryQuotaBackend, QuotaBackend, RedisQuotaBackend
 from async_batch_llm.base import (
     BatchProcessor,
     BatchResult,
@@ -148,6 +149,9 @@ __all__ = [
     "RichProgressObserver",
     "OpenTelemetryObserver",
     "ExtendedEvent",
+    "QuotaBackend",
+    "InMemoryQuotaBackend",
+    "RedisQuotaBackend",
 ]
 # GeminiCachedStrategy is importable from here (spec decision D1) but is not part of __all__:
 # the first 39 names are exactly those of the published 0.6.0 API.

@@ -166,6 +166,7 @@ CONFIG_FIELDS: list[tuple[type, str, object, str]] = [
     (ProcessorConfig, "guardrails", {"batch_timeout": 5}, "must be a GuardrailConfig"),
     (ProcessorConfig, "mode", 5, "must be one of 'online', 'batch'"),
     (ProcessorConfig, "batch_fallback", None, "must be one of 'batch', 'online'"),
+    (ProcessorConfig, "quota_backend", "redis://127.0.0.1:6379", "must be a QuotaBackend"),
 ]
 
 

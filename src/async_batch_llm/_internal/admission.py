@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from async_batch_llm._internal.buckets import TokenBucket, snapshot_level
 from async_batch_llm._internal.clock import Clock, LoopClock
 from async_batch_llm._internal.deadline import loop_time_function
+from async_batch_llm._internal.quota_backend import QuotaBackend, is_shared_backend
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
 from async_batch_llm._internal.quota_types import (
     DIMENSIONS,
@@ -708,8 +709,11 @@ class GateRegistry:
         burst_seconds: float = DEFAULT_BURST_SECONDS,
         margin: float = DEFAULT_MARGIN,
         wall_clock: Callable[[], float] = time.time,
+        backend: QuotaBackend | None = None,
     ) -> None:
         _check_burst_and_margin(burst_seconds, margin)
+        self.backend = backend
+        """Where the buckets live when not in the gates (``None``: in them, the default)."""
         self._default = _normalize_limits(default_limits)
         self._quotas = dict(quotas or {})
         for limits in self._quotas.values():
@@ -732,11 +736,13 @@ class GateRegistry:
             "output_tokens": config.max_output_tokens_per_minute,
         }
         burst = config.quota_burst_seconds
+        backend = config.quota_backend
         return cls(
             default,
             clock,
             quotas=config.quotas,
             burst_seconds=DEFAULT_BURST_SECONDS if burst is None else burst,
+            backend=backend if is_shared_backend(backend) else None,
         )
 
     def limits_for(self, scope: str) -> dict[str, float]:
@@ -746,7 +752,19 @@ class GateRegistry:
     def gate(self, scope: str) -> AdmissionGate:
         """The gate of ``scope``, made on first request."""
         gate = self.gates.get(scope)
-        if gate is None:
+        if gate is None and self.backend is not None:
+            from async_batch_llm._internal.shared_quota import SharedAdmissionGate
+
+            gate = self.gates[scope] = SharedAdmissionGate(
+                scope,
+                self.limits_for(scope),
+                self._clock,
+                self.backend,
+                burst_seconds=self._burst,
+                margin=self._margin,
+                wall_clock=self._wall_clock,
+            )
+        elif gate is None:
             gate = self.gates[scope] = AdmissionGate(
                 scope,
                 self.limits_for(scope),
@@ -760,6 +778,13 @@ class GateRegistry:
     def unused_scopes(self) -> list[str]:
         """The scopes given limits in ``quotas`` that no attempt has used, sorted."""
         return sorted(scope for scope in self._quotas if scope not in self.gates)
+
+    async def drain(self) -> None:
+        """Wait for every settlement sent to the shared backend (nothing to do without one)."""
+        for gate in list(self.gates.values()):
+            drain = getattr(gate, "drain", None)
+            if drain is not None:
+                await drain()
 
     def statistics(self) -> dict[str, GateStatistics]:
         """A snapshot of every gate made so far, by scope."""

@@ -246,6 +246,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             if journal is not None:
                 # What the workers handed over was paid for: commit it even when cancelled.
                 await journal.close()
+            await self._close_batch()
         self._after_batch()
         await self._await_progress_started()
         stats = self._stats
@@ -264,6 +265,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
     async def _before_batch(self) -> None:
         """Set up per-run state (subclass hook)."""
+
+    async def _close_batch(self) -> None:
+        """After the workers stopped, however the run ended: release what the run holds."""
 
     def _after_batch(self) -> None:
         """Check the finished run, before ``BATCH_COMPLETED`` (subclass hook)."""

@@ -76,13 +76,7 @@ class CooldownCoordinator:
         started = self._clock.time()
         error: BaseException | None = None
         try:
-            try:
-                duration = float(await self._strategy.on_rate_limit(worker_id, self.consecutive))
-            except Exception as exc:
-                logger.warning("rate-limit strategy failed; resuming without cooldown: %r", exc)
-                error, duration = exc, 0.0
-            if error is None and retry_after is not None and retry_after > duration:
-                duration = retry_after
+            duration, error = await self._begin(worker_id, retry_after)
             self.cooldowns += 1
             await self._emit(
                 ProcessingEvent.COOLDOWN_STARTED,
@@ -106,6 +100,19 @@ class CooldownCoordinator:
             payload["error"] = str(error)[:200]
         await self._emit(ProcessingEvent.COOLDOWN_ENDED, payload)
 
+    async def _begin(
+        self, worker_id: int, retry_after: float | None
+    ) -> tuple[float, Exception | None]:
+        """The new cooldown's length (at least ``retry_after``), and the strategy's failure."""
+        try:
+            duration = float(await self._strategy.on_rate_limit(worker_id, self.consecutive))
+        except Exception as exc:
+            logger.warning("rate-limit strategy failed; resuming without cooldown: %r", exc)
+            return 0.0, exc
+        if retry_after is not None and retry_after > duration:
+            duration = retry_after
+        return duration, None
+
     async def slow_start_delay(self) -> None:
         """Before a new item: apply the strategy's slow-start delay while the ramp is active."""
         if not self.slow_start_active:
@@ -124,6 +131,9 @@ class CooldownCoordinator:
         self.items_since_resume += 1
         if delay > 0:
             await self._clock.sleep(delay)
+
+    async def drain(self) -> None:
+        """Wait for pending work of the coordinator (none in process)."""
 
     def statistics(self) -> dict[str, Any]:
         """A snapshot of the live state."""

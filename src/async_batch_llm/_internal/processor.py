@@ -43,7 +43,6 @@ from async_batch_llm._internal.batch import (
 )
 from async_batch_llm._internal.batch_mode import BatchModeRunner, check_batch_support
 from async_batch_llm._internal.clock import Clock, LoopClock
-from async_batch_llm._internal.cooldown import CooldownCoordinator
 from async_batch_llm._internal.deadline import TaskDeadline, loop_time_function
 from async_batch_llm._internal.events import (
     OBSERVER_CALLBACK_TIMEOUT,
@@ -69,6 +68,7 @@ from async_batch_llm._internal.quota_runtime import (
 from async_batch_llm._internal.quota_types import EstimateTooLargeError
 from async_batch_llm._internal.rate_limit_headers import HEADER_SINK
 from async_batch_llm._internal.retry_after import retry_after_seconds
+from async_batch_llm._internal.shared_quota import make_cooldown
 from async_batch_llm._internal.strategy_calls import (
     EXECUTE_TAKES_STATE,
     check_call_result,
@@ -276,7 +276,9 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._clock: Clock = clock if clock is not None else LoopClock()
         self._random: Callable[[], float] = random.random
         self._now: Callable[[], float] = self._clock.time  # refined by _before_batch
-        self._cooldown = CooldownCoordinator(self.rate_limit_strategy, self._clock, self._emit)
+        self._cooldown = make_cooldown(
+            config.quota_backend, self.rate_limit_strategy, self._clock, self._emit
+        )
         # Quota admission of this run (None: nothing declared nor learned, the fast path).
         self._quota: QuotaRuntime | None = None
         self._discoveries: dict[int, HeaderDiscovery] = {}
@@ -322,6 +324,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
         self._quota = (
             QuotaRuntime.from_config(config, self._clock) if admission_declared(config) else None
         )
+        if self._quota is not None:
+            await self._quota.start()  # a shared backend must answer (no-op in process)
         self._guard = Guard(config.guardrails, self._clock, config.token_estimator)
         # Attempt durations read the clock twice per attempt; skip LoopClock's indirection.
         clock = self._clock
@@ -345,6 +349,11 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
             await BatchModeRunner(self, worker_id).run()
         finally:
             gate.set()
+
+    async def _close_batch(self) -> None:
+        await self._cooldown.drain()
+        if self._quota is not None:
+            await self._quota.aclose()
 
     def _after_batch(self) -> None:
         quota = self._quota

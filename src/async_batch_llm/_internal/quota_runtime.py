@@ -39,6 +39,7 @@ from async_batch_llm._internal.admission import (
 )
 from async_batch_llm._internal.clock import Clock
 from async_batch_llm._internal.estimators import LearningEstimator, prompt_characters, scope_of
+from async_batch_llm._internal.quota_backend import is_shared_backend
 from async_batch_llm._internal.quota_headers import parse_rate_limit_headers
 from async_batch_llm._internal.quota_types import (
     EstimateTooLargeError,
@@ -70,13 +71,15 @@ class TokenEstimatorError(Exception):
 
 
 def admission_declared(config: ProcessorConfig) -> bool:
-    """Whether ``config`` declares any request or token limit (or per-scope ``quotas``)."""
+    """Whether ``config`` declares any request or token limit (or per-scope ``quotas``), or
+    shares its quota through a backend (whose cooldown every attempt must respect)."""
     return (
         config.max_requests_per_minute is not None
         or config.max_tokens_per_minute is not None
         or config.max_input_tokens_per_minute is not None
         or config.max_output_tokens_per_minute is not None
         or bool(config.quotas)
+        or is_shared_backend(config.quota_backend)
     )
 
 
@@ -190,6 +193,19 @@ class QuotaRuntime:
     def from_config(cls, config: ProcessorConfig, clock: Clock) -> QuotaRuntime:
         """The runtime for ``config`` (see :meth:`GateRegistry.from_config`)."""
         return cls(GateRegistry.from_config(config, clock), config.token_estimator)
+
+    async def start(self) -> None:
+        """Before a run: check that a shared quota backend answers (fails the run if not)."""
+        backend = self.registry.backend
+        if backend is not None:
+            await backend.ping()
+
+    async def aclose(self) -> None:
+        """After a run: apply pending settlements to a shared backend, release connections."""
+        backend = self.registry.backend
+        if backend is not None:
+            await self.registry.drain()
+            await backend.aclose()
 
     async def _call_estimator(
         self, estimator: Callable[..., Any], name: str, *args: Any, **kwargs: Any

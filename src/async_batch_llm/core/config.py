@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from async_batch_llm._internal.backoff import capped_exponential
+from async_batch_llm._internal.quota_backend import QuotaBackend
 from async_batch_llm._internal.quota_types import QuotaLimits, TokenEstimator
 from async_batch_llm.core.guardrails import GuardrailConfig
 
@@ -258,6 +259,11 @@ class ProcessorConfig:
             docs/batch-mode.md). Every item's strategy must support batch mode.
         batch_fallback: in batch mode, where lines that failed (retryably) or expired go
             next: ``"batch"`` (another job) or ``"online"`` (ordinary calls).
+        quota_backend: where the quota buckets and the rate-limit cooldown live (a
+            :class:`~async_batch_llm.backends.QuotaBackend`); ``None`` or an
+            :class:`~async_batch_llm.backends.InMemoryQuotaBackend` keeps them in this
+            processor, a :class:`~async_batch_llm.backends.redis.RedisQuotaBackend` shares
+            them with every process using the same Redis and namespace.
 
     Raises:
         TypeError: if a field has the wrong type (``retry`` must be a :class:`RetryConfig`,
@@ -292,6 +298,7 @@ class ProcessorConfig:
     guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
     mode: Literal["online", "batch"] = "online"
     batch_fallback: Literal["batch", "online"] = "batch"
+    quota_backend: QuotaBackend | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -325,6 +332,13 @@ class ProcessorConfig:
         _check_instance("guardrails", self.guardrails, GuardrailConfig)
         _check_choice("mode", self.mode, ("online", "batch"))
         _check_choice("batch_fallback", self.batch_fallback, ("batch", "online"))
+        if self.quota_backend is not None and not isinstance(self.quota_backend, QuotaBackend):
+            raise TypeError(
+                "quota_backend must be a QuotaBackend (InMemoryQuotaBackend, "
+                "RedisQuotaBackend, or an object with its methods: ping, acquire, settle, "
+                "begin_cooldown, extend_cooldown, reset_consecutive, aclose) or None, got "
+                f"{_describe(self.quota_backend)}"
+            )
 
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers!r}")
