@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from async_batch_llm.testing.servers import OpenAIServer
+from async_batch_llm.testing.servers import BatchTiming, OpenAIServer
 
 from ._support import child_env, threaded
 
@@ -72,13 +72,17 @@ def matches(expected: list[str], actual: list[str]) -> bool:
 
 def test_the_page_has_sessions() -> None:
     names = [name for name, _ in sessions()]
-    assert names == ["run", "output", "resume", "status", "dry-run", "budget", "malformed"]
+    assert names == [
+        "run", "output", "resume", "status", "dry-run", "budget", "batch", "malformed"
+    ]  # fmt: skip
 
 
 def test_every_session_of_the_cli_page_prints_what_it_shows(tmp_path: Path) -> None:
     env = child_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    with threaded(OpenAIServer(prompt_caching=False)) as server:
+    # As the page starts it: --batch-time-scale 3600.
+    fast = BatchTiming(time_scale=3600.0)
+    with threaded(OpenAIServer(prompt_caching=False, batch_timing=fast)) as server:
         for name, commands in sessions():
             for command in commands:
                 text = command.text.replace(_DOC_URL, server.url)
@@ -100,8 +104,10 @@ def test_every_session_of_the_cli_page_prints_what_it_shows(tmp_path: Path) -> N
                     + done.stdout
                 )
         calls = server.counts["chat_completions"]
+        jobs = len(server.batch_jobs)
     # run: 3 calls; resume: none; dry runs: none; the budget run: one per answered line (and
-    # not every line: the budget stopped it); the non-strict run of bad.jsonl: 1 (its good line).
+    # not every line: the budget stopped it); the batch run: one job, no call; the non-strict
+    # run of bad.jsonl: 1 (its good line).
     budget = [
         json.loads(line)
         for line in (tmp_path / "many-results.jsonl").read_text(encoding="utf-8").splitlines()
@@ -110,5 +116,6 @@ def test_every_session_of_the_cli_page_prints_what_it_shows(tmp_path: Path) -> N
     assert len(budget) == 200
     assert 0 < paid < 200
     assert calls == 3 + paid + 1
+    assert jobs == 1
     answered = (tmp_path / "bad-results.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["custom_id"] for line in answered] == ["a"]

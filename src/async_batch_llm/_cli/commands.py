@@ -10,7 +10,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from async_batch_llm._cli.providers import PROVIDERS
 from async_batch_llm._cli.run import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunOptions, run
@@ -27,6 +27,7 @@ _MAIN_HELP = """Run a JSON Lines file of LLM requests through a provider, from t
       --out results.jsonl --store run.db
   async-batch-llm run requests.jsonl ... --store run.db --resume   # after a crash
   async-batch-llm run requests.jsonl ... --dry-run                 # estimate the cost
+  async-batch-llm run requests.jsonl ... --mode batch              # batch API, half price
   async-batch-llm status run.db
   async-batch-llm export run.db --out results.jsonl
 
@@ -50,6 +51,10 @@ Malformed lines are reported with their line number and skipped (the run then ex
 With --store every result is committed to an SQLite file before it is written out; after a
 crash or Ctrl-C, the same command with --resume reuses every committed success and calls only
 the rest.
+
+With --mode batch the lines go through the provider's batch API (OpenAI Files + Batches,
+Anthropic Message Batches) at the batch price; with --store the job ids are committed first,
+so --resume polls the jobs already submitted instead of submitting them again.
 """
 
 
@@ -223,6 +228,14 @@ def build_cli() -> click.Group:
         "USD; the lines not run fail with error code budget_exceeded (exit code 1).",
     )
     @click.option(
+        "--mode",
+        type=click.Choice(["online", "batch"]),
+        default="online",
+        show_default=True,
+        help="online: one API call per line; batch: every line through the provider's batch "
+        "API (OpenAI, Anthropic), cheaper and slower (jobs may take up to 24 h).",
+    )
+    @click.option(
         "--dry-run",
         is_flag=True,
         help="Estimate the tokens and the cost of the whole input and call nothing.",
@@ -242,6 +255,7 @@ def build_cli() -> click.Group:
         progress: str,
         no_model_check: bool,
         max_cost: float | None,
+        mode: Literal["online", "batch"],
         dry_run: bool,
     ) -> None:
         options = RunOptions(
@@ -259,6 +273,7 @@ def build_cli() -> click.Group:
             progress=progress,
             check_model=not no_model_check,
             max_cost=max_cost,
+            mode=mode,
             dry_run=dry_run,
         )
         sys.exit(run(options))

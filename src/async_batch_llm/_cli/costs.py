@@ -50,11 +50,13 @@ def price_table() -> PriceTable:
 
 def model_cost_function(
     model: str, *, required: bool, table: PriceTable | None = None
-) -> Callable[[str, TokenUsage], float] | None:
+) -> Callable[..., float] | None:
     """A ``cost_function`` that prices every call at ``model``'s list price.
 
     Bound to ``model`` (the ``--model`` every line is sent to), whatever name the strategy
-    reports. ``None`` when the table has no price for it and ``required`` is false.
+    reports. It takes the ``batch`` keyword, so lines of a provider batch job (``--mode
+    batch``) are priced at the batch price. ``None`` when the table has no price for it and
+    ``required`` is false.
 
     Raises:
         ModelPriceError: no price for ``model`` and ``required`` (``--max-cost`` was given).
@@ -67,8 +69,8 @@ def model_cost_function(
             raise ModelPriceError(str(exc)) from None
         return None
 
-    def cost(_called: str, usage: TokenUsage) -> float:
-        return price.cost(usage)
+    def cost(_called: str, usage: TokenUsage, *, batch: bool = False) -> float:
+        return price.cost(usage, batch=batch)
 
     return cost
 
@@ -107,8 +109,12 @@ class DryRunEstimate:
     cost: float = 0.0
 
 
-def estimate_requests(requests: Iterable[Request], model: str, table: PriceTable) -> DryRunEstimate:
+def estimate_requests(
+    requests: Iterable[Request], model: str, table: PriceTable, *, batch: bool = False
+) -> DryRunEstimate:
     """Estimate the tokens and the cost of sending every request to ``model``.
+
+    With ``batch`` (``--mode batch``) the tokens are priced at the model's batch price.
 
     Raises:
         ModelPriceError: the table has no price for ``model``.
@@ -132,16 +138,23 @@ def estimate_requests(requests: Iterable[Request], model: str, table: PriceTable
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "total_tokens": input_tokens + output_tokens,
-            }
+            },
+            batch=batch,
         )
     return estimate
 
 
 def dry_run_report(
-    estimate: DryRunEstimate, model: str, table: PriceTable, max_cost: float | None
+    estimate: DryRunEstimate,
+    model: str,
+    table: PriceTable,
+    max_cost: float | None,
+    *,
+    batch: bool = False,
 ) -> list[str]:
-    """The lines ``run --dry-run`` prints."""
+    """The lines ``run --dry-run`` prints (``batch``: the estimate is at the batch price)."""
     dated = table.as_of.isoformat() if table.as_of is not None else "undated"
+    prices = "batch prices" if batch else "list prices"
     default = estimate.items - estimate.capped_lines
     lines = [
         f"dry run: {estimate.items} request(s) priced, nothing was called",
@@ -149,7 +162,7 @@ def dry_run_report(
         f"{CHARACTERS_PER_TOKEN:g} characters of the messages per token)",
         f"output tokens:  <={estimate.output_tokens:,} ({estimate.capped_lines} line(s) at their "
         f"max_tokens, {default} at {DEFAULT_OUTPUT_TOKENS})",
-        f"estimated cost: {format_dollars(estimate.cost)} for {model} (list prices as of {dated})",
+        f"estimated cost: {format_dollars(estimate.cost)} for {model} ({prices} as of {dated})",
     ]
     if max_cost is not None:
         verdict = (

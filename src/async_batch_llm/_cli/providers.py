@@ -22,6 +22,7 @@ from async_batch_llm._cli.inputs import LineError, Request
 from async_batch_llm._cli.output import completion_body
 from async_batch_llm._strategies.anthropic import AnthropicStrategy
 from async_batch_llm._strategies.base import LLMCallStrategy
+from async_batch_llm._strategies.batch_api import BatchBackend, BatchLine
 from async_batch_llm._strategies.openai import OpenAIStrategy
 from async_batch_llm._types import RetryState, TokenUsage
 from async_batch_llm.strategies.errors import ErrorClassifier
@@ -192,6 +193,13 @@ def _max_tokens(params: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _unpack(prompt: str | Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], Mapping[str, Any]]:
+    """The messages and parameters of :meth:`Request.payload` (a ``str`` is one user message)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}], {}
+    return list(prompt["messages"]), prompt["params"]
+
+
 def _system_text(messages: list[Mapping[str, Any]]) -> str | None:
     parts = [str(_text_of(m["content"])) for m in messages if m["role"] in ("system", "developer")]
     return "\n\n".join(parts) if parts else None
@@ -262,22 +270,50 @@ class RequestStrategy(LLMCallStrategy[dict[str, Any]]):
         Returns:
             A ``chat.completion`` body and the attempt's token usage.
         """
-        if isinstance(prompt, str):
-            prompt = {"messages": [{"role": "user", "content": prompt}], "params": {}}
-        messages: list[Mapping[str, Any]] = list(prompt["messages"])
-        params: Mapping[str, Any] = prompt["params"]
         if self.provider == "gemini":
+            messages, params = _unpack(prompt)
             text, usage = await self._gemini(messages, params)
         else:
-            if self.provider == "anthropic":
-                system = _system_text(messages)
-                messages = [m for m in messages if m["role"] not in ("system", "developer")]
-                if system is not None:
-                    params = {**params, "system": system}
-            inner = self._inner(params)
+            inner, messages = self._prepare(prompt)
             output, usage = await inner.execute(messages, attempt, timeout, state)
             text = str(output)
         return completion_body(text, usage, self.model), usage
+
+    def _prepare(
+        self, prompt: str | Mapping[str, Any]
+    ) -> tuple[OpenAIStrategy[str] | AnthropicStrategy[str], list[Mapping[str, Any]]]:
+        """The built-in strategy a line goes through and the messages it sends (not Gemini)."""
+        messages, params = _unpack(prompt)
+        if self.provider == "anthropic":
+            system = _system_text(messages)
+            messages = [m for m in messages if m["role"] not in ("system", "developer")]
+            if system is not None:
+                params = {**params, "system": system}
+        return self._inner(params), messages
+
+    # ----------------------------------------------------------------- batch mode (--mode batch)
+
+    def _batch_strategy(self) -> OpenAIStrategy[str] | AnthropicStrategy[str]:
+        if self.provider == "gemini":
+            raise TypeError(
+                "--mode batch is not supported with --provider gemini; use --mode online"
+            )
+        return self._inner({})
+
+    def batch_backend(self) -> BatchBackend:
+        """The batch API of the wrapped built-in strategy (OpenAI or Anthropic)."""
+        return self._batch_strategy().batch_backend()
+
+    def batch_line(self, custom_id: str, prompt: str | Mapping[str, Any]) -> BatchLine:
+        """The line's request as the built-in strategy's batch line."""
+        self._batch_strategy()
+        inner, messages = self._prepare(prompt)
+        return inner.batch_line(custom_id, messages)
+
+    def batch_output(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], TokenUsage]:
+        """A ``chat.completion`` body and the usage of one successful result line."""
+        output, usage = self._batch_strategy().batch_output(body)
+        return completion_body(str(output), usage, self.model), usage
 
     async def _gemini(
         self, messages: list[Mapping[str, Any]], params: Mapping[str, Any]

@@ -62,6 +62,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+BATCH_PROVIDERS = ("openai", "anthropic")
+"""The providers ``--mode batch`` runs with (their batch APIs; Gemini's is not supported)."""
+
 _FLUSH_EVERY = 0.5
 """Seconds between flushes of the output file."""
 
@@ -74,9 +77,8 @@ class UsageError(Exception):
 class RunOptions:
     """Everything ``run`` was given. See ``async-batch-llm run --help`` for each.
 
-    A new option (``--max-cost``, ``--mode``, ``--dry-run`` as their features land) adds a
-    field here, its click option in ``commands.py``, and its effect in :func:`processor_config`
-    (or, for ``--dry-run``, a branch in ``_run`` after the checks, instead of ``_execute``).
+    A new option adds a field here, its click option in ``commands.py``, and its effect in
+    :func:`processor_config` (or, like ``--dry-run``, a branch in ``_run`` after the checks).
     """
 
     input: Path
@@ -93,6 +95,7 @@ class RunOptions:
     progress: str = "auto"
     check_model: bool = True
     max_cost: float | None = None
+    mode: Literal["online", "batch"] = "online"
     dry_run: bool = False
 
 
@@ -106,6 +109,8 @@ def processor_config(options: RunOptions) -> ProcessorConfig:
 
     Calls are priced at ``--model``'s list price when the price table knows it (results and
     the store then carry ``cost``, the panel shows the spend); ``--max-cost`` caps the total.
+    ``--mode batch`` sends the lines through the provider's batch API, priced at the batch
+    price.
 
     Raises:
         ModelPriceError: ``--max-cost`` with a model the price table does not know.
@@ -121,6 +126,7 @@ def processor_config(options: RunOptions) -> ProcessorConfig:
         max_requests_per_minute=options.rpm,
         max_tokens_per_minute=options.tpm,
         guardrails=guardrails,
+        mode=options.mode,
     )
 
 
@@ -370,6 +376,11 @@ _STOP_CATEGORIES = frozenset({"budget_exceeded", "batch_timeout", "fail_fast", "
 
 
 async def _run(options: RunOptions) -> int:
+    if options.mode == "batch" and options.provider not in BATCH_PROVIDERS:
+        raise UsageError(
+            f"--mode batch is not supported with --provider {options.provider} (batch mode "
+            f"runs with --provider {' or '.join(BATCH_PROVIDERS)}); use --mode online"
+        )
     spec = PROVIDERS[options.provider]
     if not sdk_installed(spec):
         raise UsageError(
@@ -436,11 +447,15 @@ async def _run(options: RunOptions) -> int:
 
 def _dry_run(options: RunOptions, check: Callable[[Request], None]) -> int:
     table = price_table()
+    batch = options.mode == "batch"
     try:
-        estimate = estimate_requests(iter_requests(options.input, check), options.model, table)
+        estimate = estimate_requests(
+            iter_requests(options.input, check), options.model, table, batch=batch
+        )
     except ModelPriceError as exc:
         raise UsageError(f"--dry-run cannot price --model {options.model}: {exc}") from None
-    for line in dry_run_report(estimate, options.model, table, options.max_cost):
+    report = dry_run_report(estimate, options.model, table, options.max_cost, batch=batch)
+    for line in report:
         print(line, flush=True)
     return EXIT_OK
 
@@ -480,8 +495,9 @@ async def _execute(
     if tally.cost is not None:
         table = price_table()
         dated = f" as of {table.as_of.isoformat()}" if table.as_of is not None else ""
+        prices = "batch prices" if options.mode == "batch" else "list prices"
         print(
-            f"cost: {format_dollars(tally.cost)} ({options.model} list prices{dated})",
+            f"cost: {format_dollars(tally.cost)} ({options.model} {prices}{dated})",
             flush=True,
         )
     if tally.termination is not None:

@@ -120,7 +120,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, ClassVar
 
-from ._batches import BatchJob, BatchTiming, LineAnswer
+from ._batches import BatchJob, BatchTiming, LineAnswer, line_request
 from ._core import (
     AccountFault,
     APIError,
@@ -1015,25 +1015,7 @@ class OpenAIServer(ProviderServer):
     async def _run_line(self, body: Any) -> LineAnswer:
         """Answer one line like ``POST /v1/chat/completions`` with that body."""
         details = self._chat_details(body)
-        request = ProviderRequest(
-            provider=self.provider,
-            kind="batch_line",
-            index=len(self.requests),
-            kind_index=0,
-            method="POST",
-            path="/v1/chat/completions",
-            query={},
-            headers={},
-            body=body,
-            model=details.model,
-            prompt=details.prompt,
-            system=details.system,
-            input_tokens=details.input_tokens,
-            response_schema=details.response_schema,
-            tools=details.tools,
-            tool_choice=details.tool_choice,
-            received_at=self.clock(),
-        )
+        request = line_request(self, details, body, "/v1/chat/completions")
         try:
             response = await self._chat(request, None)
         except APIError as exc:

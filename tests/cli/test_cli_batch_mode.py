@@ -1,0 +1,256 @@
+"""``run --mode batch``: the real console script against the OpenAI emulator's Batch API.
+
+The emulator runs its jobs on a fast time scale (a job's simulated half minute passes in
+milliseconds), so a run takes about one poll interval of the batch backend (5 s) of real time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from async_batch_llm import PriceTable
+from async_batch_llm._cli import main
+from async_batch_llm._cli.commands import store_status
+from async_batch_llm._cli.costs import format_dollars
+from async_batch_llm.testing.servers import AnthropicServer, BatchTiming, GeminiServer, OpenAIServer
+
+from ._support import MODEL, SCRIPT, batch_line, child_env, cli, read_lines, threaded, write_input
+
+pytestmark = pytest.mark.timeout(120)
+
+PRICE = PriceTable.default().prices(MODEL)
+AS_OF = PriceTable.default().as_of
+
+FAST = BatchTiming(time_scale=3600.0)
+"""Jobs of the emulator: 10 s validating, 1 s a line, 10 s finalizing, an hour a second."""
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with threaded(OpenAIServer(batch_timing=FAST, prompt_caching=False)) as running:
+        yield running
+
+
+def run_args(source: Path, out: Path, url: str, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(source),
+        "--provider",
+        "openai",
+        "--model",
+        MODEL,
+        "--base-url",
+        url,
+        "--out",
+        str(out),
+        "--progress",
+        "none",
+        *extra,
+    ]
+
+
+def test_batch_mode_answers_every_line_through_one_job_at_half_the_online_cost(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 6)
+    online_out, batch_out = tmp_path / "online.jsonl", tmp_path / "batch.jsonl"
+    online_db, batch_db = tmp_path / "online.db", tmp_path / "batch.db"
+
+    online = cli(run_args(source, online_out, server.base_url, "--store", str(online_db)))
+    assert online.code == 0, online.stderr
+    assert server.counts["chat_completions"] == 6
+    assert not server.batch_jobs
+
+    batch = cli(
+        run_args(source, batch_out, server.base_url, "--store", str(batch_db), "--mode", "batch")
+    )
+    assert batch.code == 0, batch.stderr
+    assert server.counts["chat_completions"] == 6  # no line was called online
+    assert len(server.batch_jobs) == 1
+    submissions = server.batch_line_submissions  # by the processor's own line ids
+    assert sorted(submissions.values()) == [1] * 6
+
+    lines = read_lines(batch_out)
+    assert sorted(line["custom_id"] for line in lines) == [f"r{i:04d}" for i in range(6)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert all(line["error"] is None for line in lines)
+    by_id = {line["custom_id"]: line["response"]["body"] for line in read_lines(online_out)}
+    for line in lines:  # the same answers and usage as online
+        body = line["response"]["body"]
+        online_body = by_id[line["custom_id"]]
+        assert body["choices"][0]["message"] == online_body["choices"][0]["message"]
+        assert body["usage"] == online_body["usage"]
+
+    online_cost = store_status(online_db)["cost"]
+    batch_cost = store_status(batch_db)["cost"]
+    assert online_cost is not None
+    assert online_cost > 0
+    assert batch_cost == pytest.approx(online_cost / 2)
+    assert f"cost: {format_dollars(batch_cost)} ({MODEL} batch prices" in batch.stdout
+    assert "6 succeeded, 0 failed (6 called" in batch.stdout
+
+
+def test_resume_polls_the_job_of_a_killed_run_instead_of_submitting_again(
+    tmp_path: Path,
+) -> None:
+    # Jobs finish 3 s after creation (real time); the script is killed as soon as its job
+    # exists, well before its first status read (5 s after submission).
+    slow = BatchTiming(validating_seconds=0.0, seconds_per_line=0.0, finalizing_seconds=3.0)
+    source = write_input(tmp_path / "in.jsonl", 4)
+    out, db = tmp_path / "out.jsonl", tmp_path / "run.db"
+    args = run_args(source, out, "", "--store", str(db), "--mode", "batch")
+    with threaded(OpenAIServer(batch_timing=slow, prompt_caching=False)) as server:
+        args[args.index("--base-url") + 1] = server.base_url
+        child = subprocess.Popen(
+            [str(SCRIPT), *args],
+            env=child_env(OPENAI_API_KEY="test"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not server.batch_jobs and child.poll() is None:
+                assert time.monotonic() < deadline, "no batch job was submitted"
+                time.sleep(0.02)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+        assert len(server.batch_jobs) == 1
+
+        resumed = cli([*args, "--resume"])
+        assert resumed.code == 0, resumed.stderr
+        assert len(server.batch_jobs) == 1  # the killed run's job, polled, not a new one
+        assert sorted(server.batch_line_submissions.values()) == [1] * 4
+        assert server.counts["chat_completions"] == 0
+    lines = read_lines(out)
+    assert sorted(line["custom_id"] for line in lines) == [f"r{i:04d}" for i in range(4)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert store_status(db)["succeeded"] == 4
+
+
+def test_batch_mode_with_gemini_exits_2_before_any_call(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    store = tmp_path / "r.db"
+    args = run_args(source, out, server.base_url, "--mode", "batch", "--store", str(store))
+    args[args.index("openai")] = "gemini"
+    outcome = cli(args, env=child_env(GEMINI_API_KEY="test"))
+    assert outcome.code == 2
+    assert "--mode batch is not supported with --provider gemini" in outcome.stderr
+    assert "use --mode online" in outcome.stderr
+    assert not server.requests
+    assert not out.exists()
+    assert not store.exists()
+
+
+def test_dry_run_in_batch_mode_prices_at_the_batch_price(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    # Each line: 40 characters of message text ("user" + 36) -> 10 tokens, max_tokens=500.
+    lines = [batch_line(f"l{i}", "x" * 36, max_tokens=500) for i in range(20)]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    usage = {"input_tokens": 200, "output_tokens": 10_000, "total_tokens": 10_200}
+    online_price = PRICE.cost(usage)  # type: ignore[arg-type]
+    batch_price = PRICE.cost(usage, batch=True)  # type: ignore[arg-type]
+    assert batch_price == pytest.approx(online_price / 2)
+    assert format_dollars(batch_price) != format_dollars(online_price)
+    assert AS_OF is not None
+
+    base = ["run", str(source), "--provider", "openai", "--model", MODEL, "--dry-run"]
+    base += ["--out", str(tmp_path / "o.jsonl")]
+    online = cli(base, env=child_env())
+    batch = cli([*base, "--mode", "batch"], env=child_env())
+    assert online.code == 0, online.stderr
+    assert batch.code == 0, batch.stderr
+    assert (
+        f"estimated cost: {format_dollars(online_price)} for {MODEL} "
+        f"(list prices as of {AS_OF.isoformat()})"
+    ) in online.stdout.splitlines()
+    assert (
+        f"estimated cost: {format_dollars(batch_price)} for {MODEL} "
+        f"(batch prices as of {AS_OF.isoformat()})"
+    ) in batch.stdout.splitlines()
+
+
+def test_the_mode_option_is_in_the_help_and_refuses_other_values(tmp_path: Path) -> None:
+    assert "--mode [online|batch]" in cli(["run", "--help"]).stdout
+    source = write_input(tmp_path / "in.jsonl", 1)
+    outcome = cli(
+        [
+            *("run", str(source), "--provider", "openai", "--model", MODEL),
+            *("--out", str(tmp_path / "o.jsonl"), "--mode", "offline"),
+        ]
+    )
+    assert outcome.code == 2
+    assert "'offline' is not one of 'online', 'batch'" in outcome.stderr
+
+
+def test_anthropic_batch_lines_carry_the_system_and_the_line_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        {"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}]}},
+        {
+            "custom_id": "b",
+            "body": {
+                "messages": [
+                    {"role": "system", "content": "Be brief"},
+                    {"role": "user", "content": "second one"},
+                ],
+                "max_tokens": 50,
+                "stop": "x",
+            },
+        },
+    ]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+    with threaded(AnthropicServer(batch_timing=FAST, prompt_caching=False)) as server:
+        args = run_args(source, out, server.base_url, "--mode", "batch")
+        args[args.index("openai")] = "anthropic"
+        args[args.index(MODEL)] = "claude-sonnet-5"
+        assert main(args) == 0
+        assert server.counts["messages"] == 0
+        (job,) = server.batch_jobs.values()
+    sent = {body["messages"][-1]["content"]: body for _, body in job.lines}
+    assert "system" not in sent["hi"]
+    assert sent["hi"]["max_tokens"] == 1024
+    assert sent["second one"]["system"] == "Be brief"
+    assert sent["second one"]["max_tokens"] == 50
+    assert sent["second one"]["stop_sequences"] == ["x"]
+    assert [m["role"] for m in sent["second one"]["messages"]] == ["user"]
+    answers = {line["custom_id"]: line for line in read_lines(out)}
+    assert answers["b"]["response"]["body"]["model"] == "claude-sonnet-5"
+    content = answers["b"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert content == "echo: second one"
+
+
+def test_the_served_emulator_takes_a_batch_time_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    from async_batch_llm.testing.servers.__main__ import _parse, build_server
+
+    openai_server = build_server(_parse(["openai", "--batch-time-scale", "3600"]))
+    assert isinstance(openai_server, OpenAIServer)
+    assert openai_server.batch_timing.time_scale == 3600.0
+    anthropic_server = build_server(_parse(["anthropic", "--batch-time-scale", "60"]))
+    assert isinstance(anthropic_server, AnthropicServer)
+    assert anthropic_server.batch_timing.time_scale == 60.0
+    default = build_server(_parse(["openai"]))
+    assert isinstance(default, OpenAIServer)
+    assert default.batch_timing == BatchTiming()
+    gemini_server = build_server(_parse(["gemini", "--batch-time-scale", "10"]))
+    assert isinstance(gemini_server, GeminiServer)
+    assert gemini_server.batch_timing.time_scale == 10.0
+    with pytest.raises(SystemExit) as exited:
+        _parse(["openai", "--batch-time-scale", "0"])
+    assert exited.value.code == 2
+    errors = capsys.readouterr().err
+    assert "'0' must be a positive number" in errors
