@@ -86,10 +86,16 @@ def check_batch_support(
 
 
 def _unsupported(strategy: object) -> BatchModeError:
+    reason = getattr(strategy, "batch_unavailable", None)
+    why = (
+        reason
+        if isinstance(reason, str) and reason
+        else ("no batch_backend, batch_line and batch_output methods")
+    )
     return BatchModeError(
         "ProcessorConfig(mode='batch') needs strategies with batch support (OpenAIStrategy, "
-        f"AnthropicStrategy); {type(strategy).__name__} has none (no batch_backend, "
-        "batch_line and batch_output methods). Use mode='online' for it"
+        f"AnthropicStrategy, GeminiStrategy over a GeminiModel); {type(strategy).__name__} has "
+        f"none ({why}). Use mode='online' for it"
     )
 
 
@@ -500,7 +506,8 @@ class BatchModeRunner:
 
     def _spend(self, entry: _Pending, usage: Mapping[str, Any]) -> None:
         for key in ("input_tokens", "output_tokens", "total_tokens", "cached_input_tokens"):
-            entry.spent[key] = entry.spent.get(key, 0) + int(usage.get(key, 0) or 0)
+            if key in usage or key != "cached_input_tokens":  # as online: only when reported
+                entry.spent[key] = entry.spent.get(key, 0) + int(usage.get(key, 0) or 0)
         ledger = self.guard.ledger
         if ledger is None:
             return
@@ -517,12 +524,14 @@ class BatchModeRunner:
 
     def _usage(self, entry: _Pending) -> TokenUsage:
         spent = entry.spent
-        return {
+        usage: TokenUsage = {
             "input_tokens": spent.get("input_tokens", 0),
             "output_tokens": spent.get("output_tokens", 0),
             "total_tokens": spent.get("total_tokens", 0),
-            "cached_input_tokens": spent.get("cached_input_tokens", 0),
         }
+        if "cached_input_tokens" in spent:
+            usage["cached_input_tokens"] = spent["cached_input_tokens"]
+        return usage
 
     async def _succeed(self, entry: _Pending, output: Any, usage: TokenUsage, job: _Job) -> None:
         self._spend(entry, usage)

@@ -190,6 +190,16 @@ class GeminiModel:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._model!r})"
 
+    @property
+    def model_name(self) -> str:
+        """The model name requests go to (what ``cost_function`` prices)."""
+        return self._model
+
+    @property
+    def client(self) -> genai.Client:
+        """The ``google.genai.Client`` requests go through."""
+        return self._client
+
     def _request_config(
         self, temperature: float, system_instruction: str | None, config: dict[str, Any] | None
     ) -> dict[str, Any]:

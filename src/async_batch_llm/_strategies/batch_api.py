@@ -192,7 +192,10 @@ class BatchCapable(Protocol):
 
 
 def supports_batch(strategy: object) -> bool:
-    """Whether ``strategy`` has every method of :class:`BatchCapable`."""
+    """Whether ``strategy`` has every method of :class:`BatchCapable` (and no
+    ``batch_unavailable`` reason, which a strategy that only sometimes can run batches gives)."""
+    if getattr(strategy, "batch_unavailable", None):
+        return False
     return all(
         callable(getattr(strategy, name, None))
         for name in ("batch_backend", "batch_line", "batch_output")

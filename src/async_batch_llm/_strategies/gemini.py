@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast, overload
 
-from async_batch_llm._providers.gemini import GeminiCachedModel
+from async_batch_llm._providers.gemini import (
+    GeminiCachedModel,
+    GeminiModel,
+    normalize_gemini_response,
+)
 from async_batch_llm._strategies.base import LLMCallStrategy
+from async_batch_llm._strategies.batch_api import BatchLimits, BatchLine
+from async_batch_llm._strategies.gemini_batch import GEMINI_BATCH_LIMITS, GeminiBatchBackend
 from async_batch_llm._types import LLMResponse, RetryState, TokenUsage, TOutput
 from async_batch_llm.core.protocols import LLMModel, ManagedLLMModel
 from async_batch_llm.strategies.errors import TokenTrackingError
@@ -37,9 +44,20 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
             ``_failed_token_usage``) and the exception propagates unchanged.
         temperature: sampling temperature sent with every attempt.
 
+    In ``ProcessorConfig(mode="batch")`` the items go through Gemini batch jobs (inline
+    requests) when ``model`` is a :class:`~async_batch_llm.models.GeminiModel`, whose
+    ``google.genai`` client creates them; any other model is refused before anything is
+    submitted.
+
     Attributes:
         model, response_parser, temperature: the constructor arguments.
+        batch_limits: what one batch job may hold (see ``GEMINI_BATCH_LIMITS``).
+        batch_poll_interval: seconds before a job's first status read, and the most between
+            two reads.
     """
+
+    batch_limits: BatchLimits = GEMINI_BATCH_LIMITS
+    batch_poll_interval: tuple[float, float] = (5.0, 60.0)
 
     def __init__(
         self,
@@ -84,6 +102,9 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
                 the exception object cannot take attributes).
         """
         response = await self.model.generate(prompt, temperature=self.temperature)
+        return self._parsed(response)
+
+    def _parsed(self, response: LLMResponse) -> tuple[TOutput, TokenUsage]:
         try:
             output = self.response_parser(response)
         except Exception as exc:
@@ -99,6 +120,52 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
         """Clean up the model when it is a managed one (a cached model keeps its cache)."""
         if isinstance(self.model, ManagedLLMModel):
             await self.model.cleanup()
+
+    @property
+    def batch_unavailable(self) -> str | None:
+        """Why this strategy cannot run in batch mode, or ``None`` when it can."""
+        if type(self.model) is GeminiModel:
+            return None
+        return (
+            f"its model is a {type(self.model).__name__}; Gemini batch jobs need a GeminiModel "
+            "(whose google.genai client creates them)"
+        )
+
+    def _batch_model(self) -> GeminiModel:
+        reason = self.batch_unavailable
+        if reason is not None:
+            raise TypeError(f"{type(self).__name__} cannot run in batch mode: {reason}")
+        return cast("GeminiModel", self.model)
+
+    def batch_backend(self) -> GeminiBatchBackend:
+        """Gemini batch jobs through the model's client, for the model's name."""
+        model = self._batch_model()
+        first, most = self.batch_poll_interval
+        return GeminiBatchBackend(model.client, model.model_name, self.batch_limits, first, most)
+
+    def batch_line(self, custom_id: str, prompt: Any) -> BatchLine:
+        """The inline request of one item: ``execute``'s contents and config, keyed by id.
+
+        Raises:
+            TypeError: the prompt is not JSON data (for example SDK ``Part`` objects).
+        """
+        model = self._batch_model()
+        config = model._request_config(self.temperature, None, None)
+        payload = {"contents": prompt, "config": config, "metadata": {"key": custom_id}}
+        try:
+            size = len(json.dumps(payload).encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"a Gemini batch request needs a JSON prompt (text or part dicts): {exc}"
+            ) from exc
+        return BatchLine(custom_id, model.model_name, payload, size)
+
+    def batch_output(self, body: Mapping[str, Any]) -> tuple[TOutput, TokenUsage]:
+        """Output and usage of one inline response, as ``execute`` returns them."""
+        from google.genai import types as genai_types
+
+        response = genai_types.GenerateContentResponse.model_validate(dict(body))
+        return self._parsed(normalize_gemini_response(response))
 
 
 class GeminiCachedStrategy(GeminiStrategy[TOutput]):

@@ -3,7 +3,7 @@
 ``python -m async_batch_llm.testing.servers openai --port 8765`` prints the base URL to pass
 as ``--base-url`` (``http://127.0.0.1:8765/v1``) and answers ``"echo: <prompt>"`` to every
 request, with word-count token usage, until Ctrl-C. ``--batch-time-scale 3600`` runs the
-batch jobs of the OpenAI and Anthropic emulators an hour of simulated time a second (a job of
+batch jobs of the emulators an hour of simulated time a second (a job of
 a few lines is done within a second instead of about 20 s).
 """
 
@@ -45,13 +45,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_positive,
         default=1.0,
         metavar="X",
-        help="simulated seconds of a batch job per second (default 1; 3600: an hour a "
-        "second); openai and anthropic only",
+        help="simulated seconds of a batch job per second (default 1; 3600: an hour a second)",
     )
-    args = parser.parse_args(argv)
-    if args.provider == "gemini" and args.batch_time_scale != 1.0:
-        parser.error("--batch-time-scale: the gemini emulator serves no batch jobs")
-    return args
+    return parser.parse_args(argv)
 
 
 def _positive(value: str) -> float:
@@ -68,9 +64,9 @@ def _positive(value: str) -> float:
 
 def build_server(args: argparse.Namespace) -> ProviderServer:
     """The emulator the parsed command line asks for (not started)."""
-    if args.provider == "gemini":
-        return GeminiServer(latency=args.latency, port=args.port)
     timing = BatchTiming(time_scale=args.batch_time_scale)
+    if args.provider == "gemini":
+        return GeminiServer(latency=args.latency, port=args.port, batch_timing=timing)
     if args.provider == "openai":
         return OpenAIServer(latency=args.latency, port=args.port, batch_timing=timing)
     return AnthropicServer(latency=args.latency, port=args.port, batch_timing=timing)

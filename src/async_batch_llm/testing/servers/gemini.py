@@ -25,6 +25,19 @@ Developer API (``/v1beta`` with ``GOOGLE_GENAI_API_VERSION=beta`` or
 * ``POST /{v}/cachedContents`` (``"cache_create"``), ``GET /{v}/cachedContents``
   (``"cache_list"``), ``GET``/``PATCH``/``DELETE /{v}/cachedContents/{id}``
   (``"cache_get"``, ``"cache_update"``, ``"cache_delete"``)
+* Batch jobs with inline requests: ``POST /{v}/models/{model}:batchGenerateContent``
+  (``"batches_create"``; body ``{"batch": {"displayName", "inputConfig": {"requests":
+  {"requests": [{"request", "metadata"}]}}}}``), ``GET /{v}/batches/{id}`` (``"batches_get"``),
+  ``POST /{v}/batches/{id}:cancel`` (``"batches_cancel"``) and ``GET /{v}/batches``
+  (``"batches_list"``). Each answers the job as a long-running operation whose ``metadata``
+  holds ``state`` (``BATCH_STATE_PENDING`` → ``_RUNNING`` → ``_SUCCEEDED``, or ``_EXPIRED``,
+  ``_CANCELLED``), ``batchStats`` and, once the job ended, ``output.inlinedResponses`` (one
+  ``{"response"}`` or ``{"error": google.rpc.Status}`` with the request's ``metadata`` per line
+  that ran; lines an expired or cancelled job never ran are absent). Jobs run like the other
+  emulators' (``batch_timing``, :class:`~._batches.BatchTiming`; each line is answered by
+  ``generateContent``, so ``respond`` can fail single lines). More than ``batch_max_requests``
+  requests or ``batch_max_bytes`` of body is a 400. Counters: ``batch_jobs`` (by name),
+  ``batch_line_submissions`` (by ``metadata.key``).
 
 Token accounting (see :func:`~async_batch_llm.testing.servers.count_tokens`):
 ``promptTokenCount`` is the word count of the request's ``systemInstruction``
@@ -68,11 +81,13 @@ import asyncio
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from ._batches import BatchJob, BatchTiming, LineAnswer, answer_line, line_request
 from ._core import (
     AccountFault,
     APIError,
@@ -104,6 +119,20 @@ _MODEL_ACTION = re.compile(
 )
 _CACHES = re.compile(rf"^{_VERSION}/cachedContents$")
 _CACHE = re.compile(rf"^{_VERSION}/(?P<name>cachedContents/[^/:]+)$")
+_BATCHES = re.compile(rf"^{_VERSION}/batches$")
+_BATCH = re.compile(rf"^{_VERSION}/(?P<name>batches/[^/:]+)(?P<action>:cancel)?$")
+_BATCH_STATES = {
+    "validating": "BATCH_STATE_PENDING",
+    "in_progress": "BATCH_STATE_RUNNING",
+    "finalizing": "BATCH_STATE_RUNNING",
+    "cancelling": "BATCH_STATE_RUNNING",
+    "completed": "BATCH_STATE_SUCCEEDED",
+    "expired": "BATCH_STATE_EXPIRED",
+    "cancelled": "BATCH_STATE_CANCELLED",
+    "failed": "BATCH_STATE_FAILED",
+}
+# HTTP status -> google.rpc.Code, for the errors of inline responses.
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 10, 429: 8, 499: 1, 501: 12, 503: 14, 504: 4}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 
 _STATUS_NAMES = {
@@ -326,6 +355,9 @@ class GeminiServer(ProviderServer):
         host: See :class:`ProviderServer`.
         port: See :class:`ProviderServer`.
         raise_handler_errors: See :class:`ProviderServer`.
+        batch_timing: How batch jobs progress (``None``: ``BatchTiming()``, real time).
+        batch_max_requests: Inline requests one batch job may hold.
+        batch_max_bytes: Bytes one batch create body may take (20 MB, Gemini's inline limit).
     """
 
     provider: ClassVar[str] = "gemini"
@@ -339,6 +371,10 @@ class GeminiServer(ProviderServer):
             "cache_get",
             "cache_update",
             "cache_delete",
+            "batches_create",
+            "batches_get",
+            "batches_cancel",
+            "batches_list",
             "unknown",
         }
     )
@@ -361,6 +397,9 @@ class GeminiServer(ProviderServer):
         host: str = "127.0.0.1",
         port: int = 0,
         raise_handler_errors: bool = True,
+        batch_timing: BatchTiming | None = None,
+        batch_max_requests: int = 10_000,
+        batch_max_bytes: int = 20 * 1000 * 1000,
     ) -> None:
         super().__init__(
             respond=respond,
@@ -377,6 +416,11 @@ class GeminiServer(ProviderServer):
         self.default_cache_ttl = default_cache_ttl
         self.strict_cached_content = strict_cached_content
         self._caches: dict[str, GeminiCache] = {}
+        self.batch_timing = batch_timing if batch_timing is not None else BatchTiming()
+        self.batch_max_requests = batch_max_requests
+        self.batch_max_bytes = batch_max_bytes
+        self.batch_jobs: dict[str, BatchJob] = {}
+        self.batch_line_submissions: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ caches
 
@@ -424,6 +468,20 @@ class GeminiServer(ProviderServer):
                 return Route(
                     RequestDetails(kind="count_tokens", model=_short(model)), self._count_tokens
                 )
+            if action == "batchGenerateContent":
+                return Route(
+                    RequestDetails(kind="batches_create", model=_short(model)),
+                    self._batches_create,
+                )
+            return None
+        if _BATCHES.match(raw.path) and raw.method == "GET":
+            return Route(RequestDetails(kind="batches_list"), self._batches_list)
+        match = _BATCH.match(raw.path)
+        if match is not None:
+            if raw.method == "GET" and match["action"] is None:
+                return Route(RequestDetails(kind="batches_get"), self._batches_get)
+            if raw.method == "POST" and match["action"] == ":cancel":
+                return Route(RequestDetails(kind="batches_cancel"), self._batches_cancel)
             return None
         if _CACHES.match(raw.path):
             if raw.method == "POST":
@@ -810,6 +868,150 @@ class GeminiServer(ProviderServer):
         self._live_cache(request.cached_content)
         del self._caches[request.cached_content]
         return self._json_response({})
+
+    # --------------------------------------------------------------- batch jobs
+
+    def _job(self, request: ProviderRequest) -> BatchJob:
+        match = _BATCH.match(request.path)
+        job = self.batch_jobs.get(match["name"]) if match is not None else None
+        if job is None:
+            raise APIError(404, "Requested entity was not found.")
+        return job
+
+    async def _batches_create(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        requests = _batch_requests(request.body)
+        if not isinstance(requests, list) or not requests:
+            raise APIError(400, "batch.input_config.requests: a non-empty list is required")
+        if len(requests) > self.batch_max_requests:
+            raise APIError(
+                400, f"batch.input_config.requests: at most {self.batch_max_requests} requests"
+            )
+        if len(json.dumps(request.body)) > self.batch_max_bytes:
+            raise APIError(400, f"Request payload size exceeds the limit: {self.batch_max_bytes}")
+        lines: list[tuple[str, Any]] = []
+        keys: list[JSONDict] = []
+        for index, entry in enumerate(requests):
+            inner = entry.get("request") if isinstance(entry, Mapping) else None
+            if not isinstance(inner, Mapping) or not isinstance(inner.get("contents"), list):
+                raise APIError(400, f"batch.input_config.requests[{index}].request: contents")
+            metadata = entry.get("metadata")
+            keys.append(dict(metadata) if isinstance(metadata, Mapping) else {})
+            lines.append((str(index), dict(inner)))
+        model = f"models/{request.model}"
+        job = BatchJob(
+            self._next_id("batches/", 20),
+            lines,
+            self.clock(),
+            self.batch_timing.for_job(len(self.batch_jobs)),
+            extra={
+                "model": model,
+                "metadata": keys,
+                "display_name": _get(
+                    request.body.get("batch") or {}, "displayName", "display_name"
+                ),
+            },
+        )
+        self.batch_jobs[job.id] = job
+        self.batch_line_submissions.update(
+            str(key["key"]) for key in keys if key.get("key") is not None
+        )
+        return self._json_response(self._operation(job))
+
+    async def _batches_get(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await self._advance(job)
+        return self._json_response(self._operation(job))
+
+    async def _batches_cancel(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        job = self._job(request)
+        await self._advance(job)
+        job.cancel(self.clock())
+        return self._json_response({})
+
+    async def _batches_list(
+        self, request: ProviderRequest, malformed: Malformed | None
+    ) -> HTTPResponse:
+        operations = []
+        for job in self.batch_jobs.values():
+            await self._advance(job)
+            operations.append(self._operation(job))
+        return self._json_response({"operations": operations})
+
+    async def _advance(self, job: BatchJob) -> None:
+        model = str(job.extra["model"])
+
+        async def run_line(body: Any) -> LineAnswer:
+            details = self._generation_details(body, model, "generate_content")
+            line = line_request(self, details, body, f"/v1beta/{model}:generateContent")
+            return await answer_line(self, line, self._generate)
+
+        await job.advance(self.clock(), run_line)
+
+    def _operation(self, job: BatchJob) -> JSONDict:
+        def at(state: str) -> str | None:
+            moment = job.times.get(state)
+            return None if moment is None else format_timestamp(moment)
+
+        pending = len(job.lines) - len(job.answers)
+        metadata: JSONDict = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+            "model": job.extra["model"],
+            "name": job.id,
+            "displayName": job.extra.get("display_name") or job.id,
+            "createTime": format_timestamp(job.created_at),
+            "updateTime": format_timestamp(max([job.created_at, *job.times.values()])),
+            "batchStats": {
+                "requestCount": str(len(job.lines)),
+                "successfulRequestCount": str(job.completed_count),
+                "failedRequestCount": str(job.failed_count),
+                "pendingRequestCount": str(0 if job.done else pending),
+            },
+            "state": _BATCH_STATES[job.state],
+        }
+        operation: JSONDict = {"name": job.id, "metadata": metadata, "done": job.done}
+        if job.done:
+            metadata["endTime"] = next(
+                (at(s) for s in ("completed", "expired", "cancelled", "failed") if s in job.times),
+                None,
+            )
+            responses: list[JSONDict] = []
+            for (line_id, _), key in zip(job.lines, job.extra["metadata"], strict=True):
+                answer = job.answers.get(line_id)
+                if answer is None:
+                    continue
+                entry: JSONDict = {"metadata": key} if key else {}
+                status, body = answer
+                if 200 <= status < 300:
+                    entry["response"] = body
+                else:
+                    error = body.get("error") if isinstance(body, Mapping) else None
+                    message = error.get("message") if isinstance(error, Mapping) else None
+                    entry["error"] = {
+                        "code": _GRPC_CODES.get(status, 13 if status >= 500 else 9),
+                        "message": str(message or status),
+                    }
+                responses.append(entry)
+            output = {"inlinedResponses": {"inlinedResponses": responses}}
+            metadata["output"] = output
+            operation["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
+                "GenerateContentBatchOutput",
+                **output,
+            }
+        return operation
+
+
+def _batch_requests(body: JSONDict) -> Any:
+    batch = body.get("batch")
+    config = _get(batch, "inputConfig", "input_config") if isinstance(batch, Mapping) else None
+    outer = _get(config, "requests") if isinstance(config, Mapping) else None
+    return _get(outer, "requests") if isinstance(outer, Mapping) else None
 
 
 def _short(model: str) -> str:
