@@ -12,6 +12,11 @@ one commit's duration. That window is what a crash can still lose of answers alr
 out by a timer. ``commit_interval`` is the lag the writer is expected to stay within: a commit
 lag above twice that (the disk or a starved thread cannot keep up) is logged as a warning.
 
+A loop that never lets go of the GIL (every worker busy in Python) would starve the thread:
+woken, it still waits for the GIL, and nothing is committed until the loop pauses. So
+:meth:`ArtifactWriter.submit` watches the oldest pending record: past a quarter interval it hands
+the GIL over (``time.sleep(0)``), past a whole interval it commits the group itself, on the loop.
+
 The thread is the only consumer of the queue, so every submitted payload reaches exactly one
 callback, in submit order, even after a failure: once a write fails the writer is dead, and
 that group and every later payload go to ``on_failed``.
@@ -109,6 +114,11 @@ class ArtifactWriter(Generic[P]):
         self._queue: deque[tuple[object, P, float]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._idle = False  # the thread waits on _cond with nothing queued
+        # Held by whoever commits (the thread, or the loop helping it): pop, write, schedule.
+        self._commit_lock = threading.Lock()
+        self._dirty = False  # committed since the last idle upkeep
+        self._warned_at = -math.inf
+        self._starved_after = self._interval / 4
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -153,11 +163,28 @@ class ArtifactWriter(Generic[P]):
         """
         if self._closed:
             raise RuntimeError("ArtifactWriter is closed; the record was not accepted")
-        self._queue.append((self._encode(record), payload, time.monotonic()))
+        now = time.monotonic()
+        queue = self._queue
+        queue.append((self._encode(record), payload, now))
         self._submitted += 1
         if self._idle:
             with self._cond:
                 self._cond.notify()
+        try:
+            waited = now - queue[0][2]
+        except IndexError:  # the thread took everything since the append
+            return
+        if waited > self._starved_after and self._thread is not None:
+            # The thread has not taken the oldest record for a while: a loop that never lets go
+            # of the GIL starves it (woken, it still waits for the GIL). Hand the GIL over once;
+            # if that was not enough for a whole interval, commit here, unless the thread is
+            # committing right now.
+            time.sleep(0)
+            if waited > self._interval and self._commit_lock.acquire(blocking=False):
+                try:
+                    self._commit_pending()
+                finally:
+                    self._commit_lock.release()
 
     async def drain(self) -> None:
         """Return once everything submitted before the call is committed or failed and its
@@ -233,9 +260,7 @@ class ArtifactWriter(Generic[P]):
     def _loop_until_stopped(self) -> None:
         queue = self._queue
         cond = self._cond
-        warned_at = -math.inf
         maintain = self._store._idle_maintenance
-        dirty = False  # committed since the last maintenance
         while True:
             idle = False
             with cond:
@@ -251,45 +276,57 @@ class ArtifactWriter(Generic[P]):
                         break
                     # After commits, wait at most an interval: a writer idle that long does
                     # the store's upkeep (a WAL checkpoint) where no record waits for it.
-                    notified = cond.wait(self._interval if dirty else None)
+                    notified = cond.wait(self._interval if self._dirty else None)
                     self._idle = False
                     if not notified and not queue:
                         idle = True
                         break
             if idle:
-                dirty = False
-                if self._failed is None:
-                    maintain()
+                with self._commit_lock:
+                    self._dirty = False
+                    if self._failed is None:
+                        maintain()
                 continue
-            batch = [queue.popleft() for _ in range(len(queue))]
-            if self._failed is not None:
-                self._route_failed(self._failed, batch)
-                continue
-            try:
-                self._write([encoded for encoded, _, _ in batch])
-            except BaseException as exc:
-                self._failed = exc
-                self._route_failed(exc, batch)
-                continue
-            now = time.monotonic()
-            lag = now - batch[0][2]
-            self._last_lag = lag
-            if lag > self._max_lag:
-                self._max_lag = lag
-            if lag > 2 * self._interval and now - warned_at > 60.0:
-                warned_at = now
-                logger.warning(
-                    "artifact store %r: a record waited %.3f s for its commit (commit_interval "
-                    "%.3f s); answers not committed yet are paid again after a crash",
-                    self._store,
-                    lag,
-                    self._interval,
-                )
-            dirty = True
-            self._committed += len(batch)
-            self._commits += 1
-            payloads = [payload for _, payload, _ in batch]
-            self._call_soon(self._deliver_committed, payloads)
+            with self._commit_lock:
+                self._commit_pending()
+
+    def _commit_pending(self) -> None:
+        """Commit every queued record as one group and schedule its callback (commit lock held).
+
+        Run by the thread, or by the loop when the thread is starved (see :meth:`submit`).
+        """
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(len(queue))]
+        if not batch:
+            return
+        if self._failed is not None:
+            self._route_failed(self._failed, batch)
+            return
+        try:
+            self._write([encoded for encoded, _, _ in batch])
+        except BaseException as exc:
+            self._failed = exc
+            self._route_failed(exc, batch)
+            return
+        now = time.monotonic()
+        lag = now - batch[0][2]
+        self._last_lag = lag
+        if lag > self._max_lag:
+            self._max_lag = lag
+        if lag > 2 * self._interval and now - self._warned_at > 60.0:
+            self._warned_at = now
+            logger.warning(
+                "artifact store %r: a record waited %.3f s for its commit (commit_interval "
+                "%.3f s); answers not committed yet are paid again after a crash",
+                self._store,
+                lag,
+                self._interval,
+            )
+        self._dirty = True
+        self._committed += len(batch)
+        self._commits += 1
+        payloads = [payload for _, payload, _ in batch]
+        self._call_soon(self._deliver_committed, payloads)
 
     def _route_failed(self, exc: BaseException, batch: list[tuple[object, P, float]]) -> None:
         self._routed_failed += len(batch)
