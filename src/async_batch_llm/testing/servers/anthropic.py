@@ -123,7 +123,6 @@ from ._core import (
     Malformed,
     ProviderRequest,
     ProviderServer,
-    RateLimitRejection,
     RateLimitStatus,
     Reply,
     RequestDetails,
@@ -138,6 +137,7 @@ from ._core import (
     word_count,
 )
 from ._http import HTTPRequest, HTTPResponse
+from ._rate_limits import RateLimitRejection
 
 _BATCH = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)(?P<action>/cancel|/results)?$")
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -133,7 +133,6 @@ from ._core import (
     ProviderRequest,
     ProviderServer,
     RateLimited,
-    RateLimitRejection,
     RateLimitStatus,
     Reply,
     RequestDetails,
@@ -152,6 +151,7 @@ from ._core import (
     tool_spec,
 )
 from ._http import HTTPRequest, HTTPResponse
+from ._rate_limits import RateLimitRejection
 
 __all__ = ["OpenAIServer"]
 
