@@ -54,6 +54,7 @@ __all__ = [
     "placeholder_reply",
     "schema_digest",
     "tool_name",
+    "unreadable_error",
     "validate_reply",
 ]
 
@@ -199,6 +200,17 @@ def make_error(
         retry_after=retry_after_seconds(cause) if cause is not None else None,
         request_id=request_id,
         provider_message=provider_message,
+    )
+
+
+def unreadable_error(exc: BaseException, *, label: str, provider: str) -> ProviderAPIError:
+    """The error of a reply the SDK could not read (``exc``), for either provider."""
+    return make_error(
+        ProviderAPIError,
+        label=label,
+        provider=provider,
+        category="invalid_response",
+        provider_message=type(exc).__name__,
     )
 
 

@@ -40,6 +40,7 @@ from async_batch_llm._strategies._http_api import (
     placeholder_reply,
     schema_digest,
     tool_name,
+    unreadable_error,
     validate_reply,
 )
 from async_batch_llm._strategies.anthropic_batch import (
@@ -224,7 +225,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         try:
             message = cast("Message", await parse_response(raw))
         except Exception as exc:
-            raise _unreadable(exc) from exc
+            raise unreadable_error(exc, label=_LABEL, provider=_PROVIDER) from exc
         return self._output(message)
 
     def _request(self, prompt: str | Messages) -> dict[str, Any]:
@@ -243,7 +244,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         try:
             blocks = list(message.content)
         except Exception as exc:
-            raise _unreadable(exc) from exc
+            raise unreadable_error(exc, label=_LABEL, provider=_PROVIDER) from exc
         usage = _usage(message.usage)
         text = "".join(block.text for block in blocks if block.type == "text")
         if self.output_type is None:
@@ -297,7 +298,7 @@ class AnthropicStrategy(LLMCallStrategy[TOutput]):
         try:
             message = Message.model_validate(dict(body))
         except Exception as exc:
-            raise _unreadable(exc) from exc
+            raise unreadable_error(exc, label=_LABEL, provider=_PROVIDER) from exc
         return self._output(message)
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
@@ -335,16 +336,6 @@ def _usage(usage: Usage | None) -> TokenUsage:
         "total_tokens": input_tokens + output_tokens,
         "cached_input_tokens": read,
     }
-
-
-def _unreadable(exc: BaseException) -> ProviderAPIError:
-    return make_error(
-        ProviderAPIError,
-        label=_LABEL,
-        provider=_PROVIDER,
-        category="invalid_response",
-        provider_message=type(exc).__name__,
-    )
 
 
 def _converted(exc: anthropic.APIError) -> ProviderAPIError:

@@ -54,6 +54,7 @@ from async_batch_llm._strategies._http_api import (
     placeholder_reply,
     schema_digest,
     tool_name,
+    unreadable_error,
     validate_reply,
 )
 from async_batch_llm._strategies.base import LLMCallStrategy
@@ -228,7 +229,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         try:
             completion = cast("ChatCompletion", await parse_response(raw))
         except Exception as exc:
-            raise _unreadable(exc) from exc
+            raise unreadable_error(exc, label=_LABEL, provider=_PROVIDER) from exc
         return self._output(completion)
 
     def _request(self, prompt: str | Messages) -> dict[str, Any]:
@@ -244,7 +245,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
             choices = completion.choices
             text = (choices[0].message.content if choices else None) or ""
         except Exception as exc:
-            raise _unreadable(exc) from exc
+            raise unreadable_error(exc, label=_LABEL, provider=_PROVIDER) from exc
         usage = _usage(completion.usage)
         if self.output_type is None:
             return cast("TOutput", text), usage
@@ -292,7 +293,7 @@ class OpenAIStrategy(LLMCallStrategy[TOutput]):
         try:
             completion = ChatCompletion.model_validate(dict(body))
         except Exception as exc:
-            raise _unreadable(exc) from exc
+            raise unreadable_error(exc, label=_LABEL, provider=_PROVIDER) from exc
         return self._output(completion)
 
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
@@ -374,16 +375,6 @@ def _usage(usage: CompletionUsage | None) -> TokenUsage:
         "total_tokens": usage.total_tokens or input_tokens + output_tokens,
         "cached_input_tokens": cached,
     }
-
-
-def _unreadable(exc: BaseException) -> ProviderAPIError:
-    return make_error(
-        ProviderAPIError,
-        label=_LABEL,
-        provider=_PROVIDER,
-        category="invalid_response",
-        provider_message=type(exc).__name__,
-    )
 
 
 def _converted(exc: openai.APIError) -> ProviderAPIError:
