@@ -10,7 +10,6 @@ it never fails the job.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,15 @@ from typing import TYPE_CHECKING, Any
 from async_batch_llm._internal.quota_backend import (
     BucketSpec,
     CooldownTurn,
-    InMemoryQuotaBackend,
+    QuotaBackendError,
     is_shared_backend,
+)
+from async_batch_llm._internal.ray_dataset import (
+    RESULT_COLUMNS,
+    WORKER_NUM_CPUS,
+    BatchWorker,
+    QuotaActor,
+    missing_columns,
 )
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm.core.config import ProcessorConfig
@@ -29,56 +35,34 @@ if TYPE_CHECKING:
 
 __all__ = ["RESULT_COLUMNS", "RayQuotaBackend", "process_dataset"]
 
-RESULT_COLUMNS = (
-    "success",
-    "output",
-    "error",
-    "error_category",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-)
-"""The columns :func:`process_dataset` adds (it replaces columns of the same names)."""
-
 DEFAULT_ACTOR_NAME = "async-batch-llm-quota"
 
 
-class _QuotaActorImpl:
-    """The state behind :class:`RayQuotaBackend`: an :class:`InMemoryQuotaBackend` in one actor
-    (its methods run one at a time: each is atomic)."""
-
-    def __init__(self) -> None:
-        self._backend = InMemoryQuotaBackend()
-
-    async def acquire(self, scope: str, reservation_id: str, buckets: list[BucketSpec]) -> float:
-        return await self._backend.acquire(scope, reservation_id, buckets)
-
-    async def settle(self, scope: str, reservation_id: str, buckets: list[BucketSpec]) -> bool:
-        return await self._backend.settle(scope, reservation_id, buckets)
-
-    async def begin_cooldown(self, floor: float) -> CooldownTurn:
-        return await self._backend.begin_cooldown(floor)
-
-    async def extend_cooldown(self, seconds: float) -> float:
-        return await self._backend.extend_cooldown(seconds)
-
-    async def reset_consecutive(self) -> None:
-        await self._backend.reset_consecutive()
-
-    async def ping(self) -> bool:
-        return True
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:  # pragma: no cover - the extra is installed in CI
+        raise ImportError(
+            "async_batch_llm.ray needs Ray Data: pip install 'async-batch-llm[ray]'"
+        ) from exc
+    return ray
 
 
 class RayQuotaBackend:
     """A :class:`~async_batch_llm.backends.QuotaBackend` kept in a named Ray actor.
 
-    Every process of the Ray cluster (the driver and each ``map_batches`` worker) that builds a
-    ``RayQuotaBackend`` with the same ``name`` shares its buckets and cooldown. The actor is
-    made on first use (in the current Ray namespace) and lives as long as the job. Picklable:
-    only the name travels.
+    Every process of a Ray job (the driver and each ``map_batches`` worker) that uses a
+    ``RayQuotaBackend`` with the same ``name`` shares its buckets and cooldown: one actor holds
+    them and answers one call at a time, on its own clock. :func:`process_dataset` makes the
+    actor from the driver, so it lives as long as the driver's job. Pickling sends only the
+    name.
 
     Args:
-        name: the Ray actor's name.
+        name: the Ray actor's name (in the job's Ray namespace). Use one name per API key.
+
+    Raises:
+        ValueError: an empty name.
     """
 
     def __init__(self, name: str = DEFAULT_ACTOR_NAME) -> None:
@@ -87,117 +71,54 @@ class RayQuotaBackend:
         self.name = name
         self._handle: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.name = state["name"]
-        self._handle = None
+    def __reduce__(self) -> tuple[type[RayQuotaBackend], tuple[str]]:
+        return (RayQuotaBackend, (self.name,))
 
     def actor(self) -> Any:
-        """The named actor (made if it does not exist yet)."""
+        """The named actor's handle (the actor is made if it does not exist yet)."""
         if self._handle is None:
-            import ray
-
-            remote: Any = ray.remote(_QuotaActorImpl)
+            remote: Any = _ray().remote(QuotaActor)
             self._handle = remote.options(
                 name=self.name, get_if_exists=True, num_cpus=0, max_concurrency=1
             ).remote()
         return self._handle
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        ray = _ray()
+        try:
+            return await getattr(self.actor(), method).remote(*args)
+        except ray.exceptions.RayError as exc:
+            self._handle = None
+            raise QuotaBackendError(
+                f"the Ray quota actor {self.name!r} did not answer {method}: {exc}"
+            ) from exc
+
     async def ping(self) -> None:
-        await self.actor().ping.remote()
+        await self._call("ping")
 
     async def acquire(
         self, scope: str, reservation_id: str, buckets: Sequence[BucketSpec]
     ) -> float:
-        return float(await self.actor().acquire.remote(scope, reservation_id, list(buckets)))
+        return float(await self._call("acquire", scope, reservation_id, list(buckets)))
 
     async def settle(self, scope: str, reservation_id: str, buckets: Sequence[BucketSpec]) -> bool:
-        return bool(await self.actor().settle.remote(scope, reservation_id, list(buckets)))
+        return bool(await self._call("settle", scope, reservation_id, list(buckets)))
 
     async def begin_cooldown(self, floor: float) -> CooldownTurn:
-        turn: CooldownTurn = await self.actor().begin_cooldown.remote(floor)
+        turn: CooldownTurn = await self._call("begin_cooldown", floor)
         return turn
 
     async def extend_cooldown(self, seconds: float) -> float:
-        return float(await self.actor().extend_cooldown.remote(seconds))
+        return float(await self._call("extend_cooldown", seconds))
 
     async def reset_consecutive(self) -> None:
-        await self.actor().reset_consecutive.remote()
+        await self._call("reset_consecutive")
 
     async def aclose(self) -> None:
         return None
 
     def __repr__(self) -> str:
         return f"RayQuotaBackend({self.name!r})"
-
-
-def _token(usage: Any, key: str) -> int | None:
-    if not usage:
-        return None
-    value = usage.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-class _BatchWorker:
-    """One ``map_batches`` actor: a processor run per batch, on the actor's own event loop."""
-
-    def __init__(
-        self,
-        strategy_factory: Callable[[], LLMCallStrategy[Any]],
-        config: ProcessorConfig,
-        prompt_column: str,
-        id_column: str,
-    ) -> None:
-        self._strategy = strategy_factory()
-        self._config = config
-        self._prompt_column = prompt_column
-        self._id_column = id_column
-        self._loop = asyncio.new_event_loop()
-
-    async def _run(self, ids: list[Any], prompts: list[Any]) -> list[dict[str, Any]]:
-        from async_batch_llm import LLMWorkItem, ParallelBatchProcessor
-
-        rows: list[dict[str, Any]] = []
-        async with ParallelBatchProcessor[Any, Any, None](config=self._config) as processor:
-            for index, prompt in enumerate(prompts):
-                await processor.add_work(
-                    LLMWorkItem(item_id=str(index), strategy=self._strategy, prompt=prompt)
-                )
-            batch = await processor.process_all()
-        by_index = {int(result.item_id): result for result in batch.results}
-        for index in range(len(ids)):
-            result = by_index.get(index)
-            if result is None:  # pragma: no cover - the processor reports every item
-                rows.append({"success": False, "error": "no result", "error_category": "unknown"})
-                continue
-            output = result.output
-            rows.append(
-                {
-                    "success": bool(result.success),
-                    "output": None if output is None else str(output),
-                    "error": result.error,
-                    "error_category": result.error_category,
-                    "input_tokens": _token(result.token_usage, "input_tokens"),
-                    "output_tokens": _token(result.token_usage, "output_tokens"),
-                    "total_tokens": _token(result.token_usage, "total_tokens"),
-                }
-            )
-        return rows
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        ids = list(batch[self._id_column])
-        prompts = list(batch[self._prompt_column])
-        try:
-            rows = self._loop.run_until_complete(self._run(ids, prompts))
-        except Exception as exc:  # a fault of the whole batch: every row fails, the job goes on
-            message = f"{type(exc).__name__}: {exc}"
-            rows = [{"success": False, "error": message, "error_category": "unknown"}] * len(ids)
-        out = dict(batch)
-        for column in RESULT_COLUMNS:
-            out[column] = [row.get(column) for row in rows]
-        return out
 
 
 def process_dataset(
@@ -211,16 +132,23 @@ def process_dataset(
 ) -> ray.data.Dataset:
     """Run the processor over ``dataset`` in ``concurrency`` Ray workers; add result columns.
 
-    Each worker calls ``strategy_factory()`` once and processes its batches with a processor
-    built from ``config``. Unless ``config.quota_backend`` is a shared backend already (e.g.
+    Each worker (a Ray actor) calls ``strategy_factory()`` once and processes each batch of
+    rows with a processor built from ``config``. Unless ``config.quota_backend`` is already a
+    shared backend (a :class:`RayQuotaBackend`, or a
     :class:`~async_batch_llm.backends.redis.RedisQuotaBackend`), every worker shares one quota
-    and cooldown through a :class:`RayQuotaBackend`. The result keeps every input column and
-    adds :data:`RESULT_COLUMNS`: ``success``, ``output`` (``str`` or ``None``), ``error``,
-    ``error_category`` and the three token counts. Lazy, like any Ray Data transform.
+    and cooldown through ``RayQuotaBackend()``, made now by the driver. Declare the API key's
+    whole limits in ``config``: the workers share them, they do not each get them.
+
+    The result keeps every input column and adds :data:`RESULT_COLUMNS` (replacing columns of
+    those names): ``success`` (bool), ``output`` (text; structured outputs as JSON),
+    ``error``, ``error_category`` and ``input_tokens``/``output_tokens``/``total_tokens``. A
+    failed row never fails the job. Lazy, like any Ray Data transform: nothing is called until
+    the result is consumed.
 
     Raises:
-        ValueError: ``dataset`` lacks ``id_column`` or ``prompt_column`` (naming the columns it
-            has), or ``concurrency`` is not an int >= 1.
+        ValueError: ``dataset`` lacks ``id_column`` or ``prompt_column`` (naming it and the
+            columns it has; when the schema is only known by running upstream transforms, the
+            job fails with this error instead), or ``concurrency`` is not an int >= 1.
         TypeError: ``strategy_factory`` is not callable or ``config`` not a ProcessorConfig.
     """
     if not callable(strategy_factory):
@@ -229,24 +157,32 @@ def process_dataset(
         raise TypeError(f"config must be a ProcessorConfig or None, got {type(config).__name__}")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-    schema = dataset.schema()
-    names = list(schema.names) if schema is not None else []
-    for field, column in (("id_column", id_column), ("prompt_column", prompt_column)):
-        if column not in names:
-            raise ValueError(
-                f"the dataset has no {column!r} column ({field}); its columns: {names}"
-            )
+    for name, value in (("prompt_column", prompt_column), ("id_column", id_column)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    schema = dataset.schema(fetch_if_missing=False)
+    if schema is not None:
+        problem = missing_columns(list(schema.names), id_column, prompt_column)
+        if problem is not None:
+            raise ValueError(problem)
+
+    ray = _ray()
     config = config if config is not None else ProcessorConfig()
-    if not is_shared_backend(config.quota_backend):
-        config = dataclasses.replace(config, quota_backend=RayQuotaBackend())
+    backend = config.quota_backend
+    if not is_shared_backend(backend):
+        backend = RayQuotaBackend()
+        config = dataclasses.replace(config, quota_backend=backend)
+    if isinstance(backend, RayQuotaBackend):
+        backend.actor()  # made by the driver: it lives as long as the driver's job
     return dataset.map_batches(
-        _BatchWorker,
+        BatchWorker,
         fn_constructor_kwargs={
             "strategy_factory": strategy_factory,
             "config": config,
             "prompt_column": prompt_column,
             "id_column": id_column,
         },
-        concurrency=concurrency,
-        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=WORKER_NUM_CPUS,
+        batch_format="pyarrow",
     )
