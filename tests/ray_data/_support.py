@@ -41,3 +41,31 @@ def rows(count: int, failing: frozenset[int] = frozenset()) -> list[dict[str, An
         {"id": i, "prompt": f"{'fail' if i in failing else 'p'}{i}", "extra": i * 10}
         for i in range(count)
     ]
+
+
+AUDIT_DIR_ENV = "ABL_RAY_TEST_AUDIT_DIR"
+
+
+def audit_connections() -> None:
+    """Record every Python ``socket.connect``/``bind`` of this process into the audit folder.
+
+    Installed in the test process and, as Ray's ``worker_process_setup_hook``, in every Ray
+    worker. One line a call: ``pid event host port``.
+    """
+    import os
+    import sys
+
+    folder = os.environ.get(AUDIT_DIR_ENV)
+    if not folder:
+        return
+    path = os.path.join(folder, f"{os.getpid()}.log")
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event not in ("socket.connect", "socket.bind"):
+            return
+        address = args[1]
+        if isinstance(address, tuple) and len(address) >= 2:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(f"{os.getpid()} {event} {address[0]} {address[1]}\n")
+
+    sys.addaudithook(hook)

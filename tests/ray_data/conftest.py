@@ -14,11 +14,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 from async_batch_llm.testing.servers import ProviderServer
+from tests.ray_data import _support as support
+from tests.ray_data._support import AUDIT_DIR_ENV, audit_connections
 
 # Set before Ray is imported (it reads them then) and started (its processes inherit them).
 RAY_ENV = {
@@ -38,8 +41,20 @@ S = TypeVar("S", bound=ProviderServer)
 
 
 @pytest.fixture(scope="session")
-def ray_runtime() -> Iterator[float]:
+def audit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this process and every Ray worker log their Python socket connects and binds."""
+    folder = tmp_path_factory.mktemp("socket-audit")
+    os.environ[AUDIT_DIR_ENV] = str(folder)
+    audit_connections()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_runtime(audit_dir: Path) -> Iterator[float]:
     """Start Ray (2 CPUs, loopback, no dashboard) once; yield how long it took to start."""
+    # Ray unpickles the setup hook before the worker can import this repository's tests: send
+    # the support module's code with it (and with the strategies and factories it defines).
+    ray.cloudpickle.register_pickle_by_value(support)
     started = time.perf_counter()
     ray.init(
         num_cpus=2,
@@ -47,7 +62,11 @@ def ray_runtime() -> Iterator[float]:
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
+        runtime_env={"worker_process_setup_hook": audit_connections},
     )
+    if ray.util.get_node_ip_address() != "127.0.0.1":  # e.g. ray imported before this file
+        ray.shutdown()
+        pytest.fail(f"Ray runs on {ray.util.get_node_ip_address()}, not 127.0.0.1")
     STARTUP["ray.init"] = time.perf_counter() - started
     with warnings.catch_warnings():  # Ray's own deprecations, from building its defaults
         warnings.simplefilter("ignore", DeprecationWarning)
