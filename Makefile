@@ -136,7 +136,7 @@ test: install ## Run the test suite (without soak tests)
 	$(BIN)/pytest $(PYTEST_FLAGS) -m "not soak and not ray" $(PYTEST_ARGS)
 
 .PHONY: test-ray
-test-ray: install ## Run the Ray Data tests (a local Ray runtime on 127.0.0.1; about a minute)
+test-ray: install ## Run the Ray Data tests (one local Ray runtime on 127.0.0.1; about 3 minutes)
 	$(BIN)/pytest $(PYTEST_FLAGS) -m ray $(PYTEST_ARGS)
 
 .PHONY: soak

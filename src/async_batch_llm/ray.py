@@ -75,7 +75,13 @@ class RayQuotaBackend:
         return (RayQuotaBackend, (self.name,))
 
     def actor(self) -> Any:
-        """The named actor's handle (the actor is made if it does not exist yet)."""
+        """The named actor's handle, making the actor if it does not exist yet.
+
+        :func:`process_dataset` calls it from the driver, which then owns the actor. The
+        quota operations never make it: they only look it up, so a worker whose actor died
+        fails its rows with :class:`~async_batch_llm.backends.QuotaBackendError` instead of
+        starting a fresh, full quota of its own.
+        """
         if self._handle is None:
             remote: Any = _ray().remote(QuotaActor)
             self._handle = remote.options(
@@ -83,10 +89,21 @@ class RayQuotaBackend:
             ).remote()
         return self._handle
 
+    def _lookup(self) -> Any:
+        if self._handle is None:
+            try:
+                self._handle = _ray().get_actor(self.name)
+            except ValueError as exc:
+                raise QuotaBackendError(
+                    f"no Ray quota actor named {self.name!r} in this Ray namespace (it is made "
+                    "by process_dataset, or by RayQuotaBackend.actor(), from the driver)"
+                ) from exc
+        return self._handle
+
     async def _call(self, method: str, *args: Any) -> Any:
         ray = _ray()
         try:
-            return await getattr(self.actor(), method).remote(*args)
+            return await getattr(self._lookup(), method).remote(*args)
         except ray.exceptions.RayError as exc:
             self._handle = None
             raise QuotaBackendError(

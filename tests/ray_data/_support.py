@@ -28,7 +28,7 @@ class OpenAIFactory:
         self.base_url = base_url
         self.model = model
 
-    def __call__(self) -> OpenAIStrategy:
+    def __call__(self) -> OpenAIStrategy[str]:
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(base_url=self.base_url, api_key="offline", max_retries=0)

@@ -117,7 +117,8 @@ def test_every_socket_of_the_ray_runtime_is_on_loopback(
             OpenAIFactory(server.base_url),
             config=ProcessorConfig(max_workers=2, max_requests_per_minute=6_000),
         ).take_all()
-    assert len(out) == 8 and all(row["success"] for row in out)
+    assert len(out) == 8
+    assert all(row["success"] for row in out)
 
     tree = process_tree(os.getpid())
     assert len(tree) >= 4, tree  # the test process, GCS, raylet, workers ...
@@ -144,7 +145,9 @@ def test_every_socket_of_the_ray_runtime_is_on_loopback(
     assert workers, "no Ray worker recorded a socket call: the audit hook did not run"
     connects = [line for line in lines if line[1] == "socket.connect"]
     assert any(line[3] == str(server.port) for line in connects if line[0] in workers)
-    elsewhere = [line for line in lines if line[2] not in ("", "0.0.0.0", "::") and not is_loopback(line[2])]
+    elsewhere = [
+        line for line in lines if line[2] not in ("", "0.0.0.0", "::") and not is_loopback(line[2])
+    ]
     assert elsewhere == [], elsewhere
     unspecified_binds = [
         line for line in lines if line[1] == "socket.bind" and line[2] in ("", "0.0.0.0", "::")

@@ -38,7 +38,8 @@ def test_every_row_gets_result_columns_and_row_errors_do_not_fail_the_job(
     ok = out[0]
     assert ok["output"].endswith("|p0")
     assert (ok["input_tokens"], ok["output_tokens"], ok["total_tokens"]) == (3, 4, 7)
-    assert ok["error"] is None and ok["error_category"] is None
+    assert ok["error"] is None
+    assert ok["error_category"] is None
 
 
 def test_a_dataset_without_the_columns_is_refused_before_anything_runs(
@@ -72,7 +73,10 @@ def test_a_schema_known_only_by_running_fails_the_job_naming_the_column(
     # Ray raises its own exception type for a failed job; the message carries ours.
     with pytest.raises(ray.exceptions.RayError) as failed:
         planned.take_all()
-    assert "ValueError: the dataset has no 'prompt' column (prompt_column); its columns: ['key', 'q']" in str(failed.value)
+    assert (
+        "ValueError: the dataset has no 'prompt' column (prompt_column); its columns: ['key', 'q']"
+        in str(failed.value)
+    )
 
 
 TPM = 60_000  # 1,000 tokens a second, for both workers together
