@@ -29,6 +29,9 @@ RAY_ENV = {
     # (so that other nodes could reach it) and its servers listen there.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray runs its workers at nice 15 by default: next to any busy process (another test run,
+    # a build) they get a small fraction of a CPU and a test that takes 10 s takes minutes.
+    "RAY_worker_niceness": "0",
 }
 os.environ.update(RAY_ENV)
 
