@@ -74,21 +74,27 @@ async def test_a_message_batch_returns_the_online_outputs_and_tokens_at_half_the
     server: AnthropicServer, client: anthropic.AsyncAnthropic, clock: JumpClock
 ) -> None:
     strategy = AnthropicStrategy(client, MODEL)
-    prompts = [f"summarise note {i} " + "with detail " * (i % 4) for i in range(300)]
+    prompts = [f"summarise note {i} " + "with detail " * (i % 4) for i in range(1000)]
     batch = await run(strategy, prompts, clock)
     online = await run(strategy, prompts, clock, mode="online")
+    assert len(batch) == len(online) == 1000
     assert all(r.success for r in batch.values())
     assert {k: r.output for k, r in batch.items()} == {k: r.output for k, r in online.items()}
     assert {k: r.token_usage for k, r in batch.items()} == {
         k: r.token_usage for k, r in online.items()
     }
+    batch_tokens = sum(r.token_usage["total_tokens"] for r in batch.values())
+    assert batch_tokens == sum(r.token_usage["total_tokens"] for r in online.values()) > 0
     batch_cost = sum(r.cost or 0.0 for r in batch.values())
     online_cost = sum(r.cost or 0.0 for r in online.values())
     assert online_cost > 0
     assert batch_cost == pytest.approx(online_cost / 2)
-    assert len(server.batch_jobs) == 1
+    # One message batch (1,000 requests is within Anthropic's limits), each request sent once.
+    [job] = server.batch_jobs.values()
+    assert job.state == "completed"
+    assert len(server.batch_line_submissions) == 1000
     assert set(server.batch_line_submissions.values()) == {1}
-    assert server.counts["messages"] == 300  # the online run only
+    assert server.counts["messages"] == 1000  # the online run only
 
 
 @pytest.mark.parametrize(
