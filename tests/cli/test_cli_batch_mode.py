@@ -8,6 +8,7 @@ milliseconds), so a run takes about one poll interval of the batch backend (5 s)
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -134,6 +135,53 @@ def test_resume_polls_the_job_of_a_killed_run_instead_of_submitting_again(
     assert sorted(line["custom_id"] for line in lines) == [f"r{i:04d}" for i in range(4)]
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert store_status(db)["succeeded"] == 4
+
+
+def test_ctrl_c_cancels_the_provider_job_and_resume_finishes_every_line(tmp_path: Path) -> None:
+    # A job's lines take a minute each: the run is still polling it when Ctrl-C comes.
+    slow = BatchTiming(validating_seconds=0.0, seconds_per_line=60.0, finalizing_seconds=0.0)
+    source = write_input(tmp_path / "in.jsonl", 4)
+    out, db = tmp_path / "out.jsonl", tmp_path / "run.db"
+    with threaded(OpenAIServer(batch_timing=slow, prompt_caching=False)) as server:
+        args = run_args(source, out, server.base_url, "--store", str(db), "--mode", "batch")
+        child = subprocess.Popen(
+            [str(SCRIPT), *args],
+            env=child_env(OPENAI_API_KEY="test"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Its first status read (5 s after submitting) shows the run holds the job's id.
+            deadline = time.monotonic() + 40
+            while server.counts["batches_retrieve"] == 0 and child.poll() is None:
+                assert time.monotonic() < deadline, "the batch job was never polled"
+                time.sleep(0.02)
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+        assert child.returncode == 130, stderr
+        assert f"run again with --resume --store {db}" in stderr
+        (first,) = server.batch_jobs.values()
+        assert server.counts["batches_cancel"] == 1  # the provider was asked to cancel it
+        assert first.state in ("cancelling", "cancelled")
+
+        server.batch_timing = FAST  # later jobs finish at once
+        resumed = cli([*args, "--resume"])
+        assert resumed.code == 0, resumed.stderr
+        assert first.state == "cancelled"  # polled by the resumed run, not submitted again
+        assert len(first.answers) == 0
+        jobs = list(server.batch_jobs.values())
+        assert len(jobs) == 2  # the lines the cancelled job never ran, in a new job
+        assert len(jobs[1].lines) == 4
+        assert server.counts["chat_completions"] == 0
+    lines = read_lines(out)
+    assert sorted(line["custom_id"] for line in lines) == [f"r{i:04d}" for i in range(4)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
 
 
 GEMINI = "gemini-2.5-flash"
