@@ -129,14 +129,14 @@ class ArtifactStore(ABC):
         own copy of ``token_usage``) and encodes that.
         """
         return self._encode_for_write(
-            ArtifactRecord(
+            _plain_record(
                 item_id,
                 fingerprint,
                 success,
                 output_kind,
                 output,
                 error,
-                dict(token_usage),
+                token_usage,
                 error_category,
                 cost,
                 created_at,
@@ -292,8 +292,8 @@ def _plain_record(
     error_category: str | None,
     cost: float | None,
     created_at: float,
-) -> object:
-    """The record itself, for a store whose own ``write`` takes records."""
+) -> ArtifactRecord:
+    """The record of these fields (with its own copy of ``token_usage``)."""
     return ArtifactRecord(
         item_id,
         fingerprint,

@@ -34,6 +34,7 @@ from async_batch_llm._internal.artifacts.records import (
     ArtifactStoreError,
     OutputKind,
     _is_utf8_safe,
+    fields_of,
 )
 
 __all__ = ["SqliteArtifactStore"]
@@ -375,18 +376,7 @@ class SqliteArtifactStore(ArtifactStore):
 
     def _encode_for_write(self, record: ArtifactRecord) -> object:
         try:
-            return self._encode_fields(
-                record.item_id,
-                record.fingerprint,
-                record.success,
-                record.output_kind,
-                record.output,
-                record.error,
-                record.token_usage,
-                record.error_category,
-                record.cost,
-                record.created_at,
-            )
+            return self._encode_fields(*fields_of(record))
         except AttributeError as exc:
             return _Malformed(exc)
 

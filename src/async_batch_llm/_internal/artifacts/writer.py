@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
-from async_batch_llm._internal.artifacts.records import ArtifactRecord
+from async_batch_llm._internal.artifacts.records import ArtifactRecord, fields_of
 
 __all__ = ["ArtifactWriter", "WriterStatistics"]
 
@@ -167,21 +167,7 @@ class ArtifactWriter(Generic[P]):
         Raises:
             RuntimeError: the writer was closed.
         """
-        self.submit_encoded(
-            self.encode_fields(
-                record.item_id,
-                record.fingerprint,
-                record.success,
-                record.output_kind,
-                record.output,
-                record.error,
-                record.token_usage,
-                record.error_category,
-                record.cost,
-                record.created_at,
-            ),
-            payload,
-        )
+        self.submit_encoded(self.encode_fields(*fields_of(record)), payload)
 
     def submit_encoded(self, encoded: object, payload: P) -> None:
         """:meth:`submit` for a record already encoded by :attr:`encode_fields` (the hot path).
