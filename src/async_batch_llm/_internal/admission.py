@@ -510,7 +510,7 @@ class AdmissionGate:
             if not entry.bucket.admits(amount, now):
                 return None  # reserve() then checks the other limits before waiting
         for dimension, entry in entries:
-            entry.bucket.take(amounts[dimension], now)
+            entry.bucket.take_admitted(amounts[dimension])
         self._reservations += 1
         if now >= self._second + 1.0:
             self._new_second(now)

@@ -161,6 +161,11 @@ class TokenBucket:
         self._level -= amount
         return self._level
 
+    def take_admitted(self, amount: float) -> None:
+        """:meth:`take` right after :meth:`admits` said yes at the same ``now`` (the level is
+        up to date, so no refill is due)."""
+        self._level -= amount
+
     def give_back(self, amount: float, now: float) -> float:
         """Return ``amount`` units (a refund) and return the new level, capped at ``capacity``."""
         self.refill(now)

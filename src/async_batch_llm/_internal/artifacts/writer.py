@@ -36,13 +36,17 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
-from async_batch_llm._internal.artifacts.records import ArtifactRecord
+from async_batch_llm._internal.artifacts.records import ArtifactRecord, fields_of
 
 __all__ = ["ArtifactWriter", "WriterStatistics"]
 
 logger = logging.getLogger("async_batch_llm.artifacts")
 
 P = TypeVar("P")
+
+_YIELD_SPACING = 0.001
+"""Seconds between two GIL hand-overs of :meth:`ArtifactWriter.submit_encoded` to a thread that
+has fallen behind."""
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,15 @@ class ArtifactWriter(Generic[P]):
         ):
             raise ValueError(f"commit_interval must be > 0, got {interval!r}")
         self._store = store
-        self._encode, self._write = store._writer_pair()
+        self.encode_fields, self._write = store._writer_pair()
+        """The store's encoder of one record given as its fields (see :meth:`submit_encoded`)."""
         self._loop = loop
         self._on_committed = on_committed
         self._on_failed = on_failed
         self._interval = float(interval)
 
         # (encoded record, payload, monotonic submit time); appended on the loop, popped on the
-        # thread. Records are encoded on the loop (see ArtifactStore._encode_for_write).
+        # thread. Records are encoded on the loop (see ArtifactStore._encode_fields).
         self._queue: deque[tuple[object, P, float]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._idle = False  # the thread waits on _cond with nothing queued
@@ -119,6 +124,7 @@ class ArtifactWriter(Generic[P]):
         self._dirty = False  # committed since the last idle upkeep
         self._warned_at = -math.inf
         self._starved_after = self._interval / 4
+        self._yield_at = 0.0  # monotonic time before which submit() does not yield the GIL
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -161,11 +167,19 @@ class ArtifactWriter(Generic[P]):
         Raises:
             RuntimeError: the writer was closed.
         """
+        self.submit_encoded(self.encode_fields(*fields_of(record)), payload)
+
+    def submit_encoded(self, encoded: object, payload: P) -> None:
+        """:meth:`submit` for a record already encoded by :attr:`encode_fields` (the hot path).
+
+        Raises:
+            RuntimeError: the writer was closed.
+        """
         if self._closed:
             raise RuntimeError("ArtifactWriter is closed; the record was not accepted")
         now = time.monotonic()
         queue = self._queue
-        queue.append((self._encode(record), payload, now))
+        queue.append((encoded, payload, now))
         self._submitted += 1
         if self._idle:
             with self._cond:
@@ -174,11 +188,13 @@ class ArtifactWriter(Generic[P]):
             waited = now - queue[0][2]
         except IndexError:  # the thread took everything since the append
             return
-        if waited > self._starved_after and self._thread is not None:
+        if waited > self._starved_after and self._thread is not None and now >= self._yield_at:
             # The thread has not taken the oldest record for a while: a loop that never lets go
-            # of the GIL starves it (woken, it still waits for the GIL). Hand the GIL over once;
-            # if that was not enough for a whole interval, commit here, unless the thread is
-            # committing right now.
+            # of the GIL starves it (woken, it still waits for the GIL). Hand the GIL over, at
+            # most once a millisecond (each hand-over can cost the loop a whole GIL turn of the
+            # thread, and a slow disk is not helped by more of them); if that was not enough
+            # for a whole interval, commit here, unless the thread is committing right now.
+            self._yield_at = now + _YIELD_SPACING
             time.sleep(0)
             if waited > self._interval and self._commit_lock.acquire(blocking=False):
                 try:
