@@ -280,10 +280,8 @@ class Reservation:
                     delta = delta_output
                 else:
                     continue
-                if delta > 0:
-                    entry.bucket.take(delta, now)
-                elif delta < 0:
-                    entry.bucket.give_back(-delta, now)
+                if delta:
+                    entry.bucket.settle(delta, now)
             if gate._wake is not None:
                 gate._notify()
             return
