@@ -44,10 +44,6 @@ logger = logging.getLogger("async_batch_llm.artifacts")
 
 P = TypeVar("P")
 
-_YIELD_SPACING = 0.001
-"""Seconds between two GIL hand-overs of :meth:`ArtifactWriter.submit_encoded` to a thread that
-has fallen behind."""
-
 
 @dataclass(frozen=True)
 class WriterStatistics:
@@ -124,7 +120,6 @@ class ArtifactWriter(Generic[P]):
         self._dirty = False  # committed since the last idle upkeep
         self._warned_at = -math.inf
         self._starved_after = self._interval / 4
-        self._yield_at = 0.0  # monotonic time before which submit() does not yield the GIL
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -188,13 +183,11 @@ class ArtifactWriter(Generic[P]):
             waited = now - queue[0][2]
         except IndexError:  # the thread took everything since the append
             return
-        if waited > self._starved_after and self._thread is not None and now >= self._yield_at:
+        if waited > self._starved_after and self._thread is not None:
             # The thread has not taken the oldest record for a while: a loop that never lets go
-            # of the GIL starves it (woken, it still waits for the GIL). Hand the GIL over, at
-            # most once a millisecond (each hand-over can cost the loop a whole GIL turn of the
-            # thread, and a slow disk is not helped by more of them); if that was not enough
-            # for a whole interval, commit here, unless the thread is committing right now.
-            self._yield_at = now + _YIELD_SPACING
+            # of the GIL starves it (woken, it still waits for the GIL). Hand the GIL over once;
+            # if that was not enough for a whole interval, commit here, unless the thread is
+            # committing right now.
             time.sleep(0)
             if waited > self._interval and self._commit_lock.acquire(blocking=False):
                 try:
