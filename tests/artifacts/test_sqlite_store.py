@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -312,12 +312,13 @@ def test_a_group_larger_than_one_statement_is_still_all_or_nothing(db: Path) -> 
                 "CREATE TRIGGER fail_last BEFORE INSERT ON records WHEN NEW.item_id = 'last' "
                 "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
             )
-        group = [make_record(str(i)) for i in range(5000)] + [make_record("last")]
+        # More rows than one INSERT statement takes (10,000 JSON rows, 2,048 value rows).
+        group = [make_record(str(i)) for i in range(25_000)] + [make_record("last")]
         with pytest.raises(ArtifactStoreError, match="disk on fire"):
             store.write(group)
         assert store.count() == 0
         store.write(group[:-1])
-        assert store.count() == 5000
+        assert store.count() == 25_000
 
 
 def test_item_ids_with_lone_surrogates_are_stored_and_found(db: Path) -> None:
@@ -434,3 +435,81 @@ def test_usage_is_encoded_exactly_as_json_would(usage: dict[str, object]) -> Non
     # The direct encoding of plain usage must be byte-for-byte what json writes, and anything
     # else (other keys, bools, floats) must take json's own path.
     assert _encode_usage(usage) == json.dumps(usage, separators=(",", ":"))  # type: ignore[arg-type]
+
+
+# Rows travel to SQLite as JSON text when every value has an exact JSON form, else as bound
+# values. What is stored must not depend on which way a record went.
+_ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+_RECORDS = st.builds(
+    ArtifactRecord,
+    item_id=st.text(),
+    fingerprint=st.text(min_size=1),
+    success=st.booleans(),
+    output_kind=st.just("str"),
+    output=st.text().filter(lambda text: encode_output(text, None)[0] == "str"),
+    error=st.none() | st.text(),
+    token_usage=st.dictionaries(
+        _USAGE_KEYS, st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
+    )
+    | st.dictionaries(_USAGE_KEYS, _USAGE_VALUES),
+    error_category=st.none() | st.text(),
+    cost=st.none() | _ANY_FLOAT | st.floats(min_value=0, max_value=1e6),
+    created_at=st.floats(min_value=0, max_value=4e9) | _ANY_FLOAT,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_RECORDS, min_size=1, max_size=4))
+def test_json_rows_store_exactly_what_bound_values_store(records: list[ArtifactRecord]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes: list[tuple[str, object]] = []
+        for json_rows in (True, False):
+            with SqliteArtifactStore(Path(tmp) / f"{json_rows}.db") as store:
+                store._json_rows = json_rows
+                try:
+                    store.write(records)
+                except ArtifactStoreError as exc:
+                    outcomes.append(("failed", type(exc.__cause__)))
+                    continue
+                outcomes.append(("stored", [store.lookup(r.item_id) for r in records]))
+        json_outcome, bound_outcome = outcomes
+        assert _same(json_outcome, bound_outcome), (json_outcome, bound_outcome)
+
+
+def _same(a: object, b: object) -> bool:
+    # NaN == NaN for this comparison (a NaN cost is stored as SQLite NULL either way).
+    return repr(a) == repr(b)
+
+
+def test_json_rows_are_what_a_plain_result_travels_as(db: Path) -> None:
+    with SqliteArtifactStore(db) as store:
+        assert store._json_rows  # this SQLite has its JSON functions
+        row = store._encode_for_write(make_record("a"))
+        assert isinstance(row, str)
+        assert json.loads(row)[0] == "a"
+        # A value without an exact JSON form (a NaN cost) travels as bound values.
+        odd = make_record("b")
+        odd.cost = math.nan
+        assert isinstance(store._encode_for_write(odd), tuple)
+
+
+def test_a_group_mixing_json_and_value_rows_keeps_its_order(db: Path) -> None:
+    def rec(output: str, cost: float | None) -> ArtifactRecord:
+        record = make_record("a", output)
+        record.cost = cost
+        return record
+
+    with SqliteArtifactStore(db) as store:
+        store.write([rec("one", 0.5), rec("two", math.inf), rec("three", 0.25)])
+        found = store.lookup("a")
+        assert found is not None
+        assert found.output == "three"
+        store.write([rec("four", 0.5), rec("five", math.inf)])
+        found = store.lookup("a")
+        assert found is not None
+        assert found.output == "five"
+    with sqlite3.connect(db) as conn:
+        outputs = [row[0] for row in conn.execute("SELECT output FROM records ORDER BY seq")]
+    assert outputs == ["one", "two", "three", "four", "five"]

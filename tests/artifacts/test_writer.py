@@ -367,13 +367,13 @@ async def test_built_in_stores_encode_on_the_loop_and_commit_what_was_encoded(
         else JsonlArtifactStore(tmp_path / "a.jsonl")
     )
     encoded_on: set[int] = set()
-    encode = store._encode_for_write
+    encode = store._encode_fields
 
-    def spy(rec: ArtifactRecord) -> object:
+    def spy(*fields: Any) -> object:
         encoded_on.add(threading.get_ident())
-        return encode(rec)
+        return encode(*fields)
 
-    store._encode_for_write = spy  # type: ignore[method-assign, assignment]
+    store._encode_fields = spy  # type: ignore[method-assign, assignment]
     callbacks = Callbacks()
     writer = make_writer(store, callbacks)
     for n in range(5):

@@ -1,4 +1,5 @@
-"""``run --mode batch``: the real console script against the OpenAI emulator's Batch API.
+"""``run --mode batch``: the real console script against the emulators' batch APIs (OpenAI's
+Batch API; Gemini's batch jobs, and Anthropic's Message Batches through ``main``).
 
 The emulator runs its jobs on a fast time scale (a job's simulated half minute passes in
 milliseconds), so a run takes about one poll interval of the batch backend (5 s) of real time.
@@ -7,6 +8,7 @@ milliseconds), so a run takes about one poll interval of the batch backend (5 s)
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -135,21 +137,187 @@ def test_resume_polls_the_job_of_a_killed_run_instead_of_submitting_again(
     assert store_status(db)["succeeded"] == 4
 
 
-def test_batch_mode_with_gemini_exits_2_before_any_call(
-    tmp_path: Path, server: OpenAIServer
-) -> None:
-    source = write_input(tmp_path / "in.jsonl", 2)
-    out = tmp_path / "out.jsonl"
-    store = tmp_path / "r.db"
-    args = run_args(source, out, server.base_url, "--mode", "batch", "--store", str(store))
+def test_ctrl_c_cancels_the_provider_job_and_resume_finishes_every_line(tmp_path: Path) -> None:
+    # A job's lines take a minute each: the run is still polling it when Ctrl-C comes.
+    slow = BatchTiming(validating_seconds=0.0, seconds_per_line=60.0, finalizing_seconds=0.0)
+    source = write_input(tmp_path / "in.jsonl", 4)
+    out, db = tmp_path / "out.jsonl", tmp_path / "run.db"
+    with threaded(OpenAIServer(batch_timing=slow, prompt_caching=False)) as server:
+        args = run_args(source, out, server.base_url, "--store", str(db), "--mode", "batch")
+        child = subprocess.Popen(
+            [str(SCRIPT), *args],
+            env=child_env(OPENAI_API_KEY="test"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Its first status read (5 s after submitting) shows the run holds the job's id.
+            deadline = time.monotonic() + 40
+            while server.counts["batches_retrieve"] == 0 and child.poll() is None:
+                assert time.monotonic() < deadline, "the batch job was never polled"
+                time.sleep(0.02)
+            child.send_signal(signal.SIGINT)
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+        assert child.returncode == 130, stderr
+        assert f"run again with --resume --store {db}" in stderr
+        (first,) = server.batch_jobs.values()
+        assert server.counts["batches_cancel"] == 1  # the provider was asked to cancel it
+        assert first.state in ("cancelling", "cancelled")
+
+        server.batch_timing = FAST  # later jobs finish at once
+        resumed = cli([*args, "--resume"])
+        assert resumed.code == 0, resumed.stderr
+        assert first.state == "cancelled"  # polled by the resumed run, not submitted again
+        assert len(first.answers) == 0
+        jobs = list(server.batch_jobs.values())
+        assert len(jobs) == 2  # the lines the cancelled job never ran, in a new job
+        assert len(jobs[1].lines) == 4
+        assert server.counts["chat_completions"] == 0
+    lines = read_lines(out)
+    assert sorted(line["custom_id"] for line in lines) == [f"r{i:04d}" for i in range(4)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+
+
+GEMINI = "gemini-2.5-flash"
+
+
+def gemini_input(path: Path, count: int) -> Path:
+    """``count`` plain lines, then one with a system message and generation parameters."""
+    lines = [batch_line(f"g{i:04d}", f"question {i}") for i in range(count)]
+    tuned = {
+        "custom_id": "tuned",
+        "body": {
+            "messages": [
+                {"role": "system", "content": "Be brief"},
+                {"role": "user", "content": "the tuned one"},
+            ],
+            "max_tokens": 40,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop": "x",
+        },
+    }
+    path.write_text("\n".join([*lines, json.dumps(tuned)]) + "\n", encoding="utf-8")
+    return path
+
+
+def gemini_args(source: Path, out: Path, url: str, *extra: str) -> list[str]:
+    args = run_args(source, out, url, *extra)
     args[args.index("openai")] = "gemini"
-    outcome = cli(args, env=child_env(GEMINI_API_KEY="test"))
-    assert outcome.code == 2
-    assert "--mode batch is not supported with --provider gemini" in outcome.stderr
-    assert "use --mode online" in outcome.stderr
-    assert not server.requests
-    assert not out.exists()
-    assert not store.exists()
+    args[args.index(MODEL)] = GEMINI
+    return args
+
+
+def test_gemini_batch_mode_answers_every_line_through_one_job_at_half_the_online_cost(
+    tmp_path: Path,
+) -> None:
+    source = gemini_input(tmp_path / "in.jsonl", 5)
+    online_out, batch_out = tmp_path / "online.jsonl", tmp_path / "batch.jsonl"
+    online_db, batch_db = tmp_path / "online.db", tmp_path / "batch.db"
+    env = child_env(GEMINI_API_KEY="test")
+    with threaded(GeminiServer(batch_timing=FAST)) as server:
+        online_args = gemini_args(source, online_out, server.url, "--store", str(online_db))
+        online = cli(online_args, env=env)
+        assert online.code == 0, online.stderr
+        assert server.counts["generate_content"] == 6
+        online_sent = {r.prompt: r.body for r in server.requests if r.kind == "generate_content"}
+        assert not server.batch_jobs
+
+        batch_args = gemini_args(source, batch_out, server.url, "--store", str(batch_db))
+        batch = cli([*batch_args, "--mode", "batch"], env=env)
+        assert batch.code == 0, batch.stderr
+        assert server.counts["generate_content"] == 6  # no line was called online
+        (job,) = server.batch_jobs.values()
+        assert job.state == "completed"
+        assert job.extra["model"] == f"models/{GEMINI}"
+        assert sorted(server.batch_line_submissions.values()) == [1] * 6
+
+        # Each inline request is the request the online run sent for the same line.
+        sent = {body["contents"][0]["parts"][0]["text"]: body for _, body in job.lines}
+        assert sent == online_sent
+        tuned = sent["the tuned one"]
+        assert tuned["systemInstruction"]["parts"][0]["text"] == "Be brief"
+        assert tuned["generationConfig"] == {
+            "temperature": 0.5,
+            "topP": 0.9,
+            "maxOutputTokens": 40,
+            "stopSequences": ["x"],
+        }
+
+        # Running it again with --resume reuses every result: nothing is submitted again.
+        again = cli([*batch_args, "--mode", "batch", "--resume"], env=env)
+        assert again.code == 0, again.stderr
+        assert "6 succeeded, 0 failed (0 called, 6 reused from " in again.stdout
+        assert len(server.batch_jobs) == 1
+        assert server.counts["batches_create"] == 1
+
+    lines = read_lines(batch_out)
+    assert sorted(line["custom_id"] for line in lines) == [
+        *(f"g{i:04d}" for i in range(5)),
+        "tuned",
+    ]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    by_id = {line["custom_id"]: line["response"]["body"] for line in read_lines(online_out)}
+    for line in lines:  # the same answers and usage as online
+        body = line["response"]["body"]
+        assert body["model"] == GEMINI
+        assert body["choices"][0]["message"] == by_id[line["custom_id"]]["choices"][0]["message"]
+        assert body["usage"] == by_id[line["custom_id"]]["usage"]
+    online_cost = store_status(online_db)["cost"]
+    batch_cost = store_status(batch_db)["cost"]
+    assert online_cost is not None
+    assert online_cost > 0
+    assert batch_cost == pytest.approx(online_cost / 2)
+    assert f"cost: {format_dollars(batch_cost)} ({GEMINI} batch prices" in batch.stdout
+    assert "6 succeeded, 0 failed (6 called" in batch.stdout
+
+
+def test_gemini_resume_polls_the_job_of_a_killed_run_instead_of_submitting_again(
+    tmp_path: Path,
+) -> None:
+    # As for OpenAI: the job finishes 3 s after creation, the script is killed as soon as it
+    # exists (before its first status read, 5 s after submission).
+    slow = BatchTiming(validating_seconds=0.0, seconds_per_line=0.0, finalizing_seconds=3.0)
+    source = gemini_input(tmp_path / "in.jsonl", 3)
+    out, db = tmp_path / "out.jsonl", tmp_path / "run.db"
+    env = child_env(GEMINI_API_KEY="test")
+    with threaded(GeminiServer(batch_timing=slow)) as server:
+        args = gemini_args(source, out, server.url, "--store", str(db), "--mode", "batch")
+        child = subprocess.Popen(
+            [str(SCRIPT), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not server.batch_jobs and child.poll() is None:
+                assert time.monotonic() < deadline, "no batch job was submitted"
+                time.sleep(0.02)
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+        assert len(server.batch_jobs) == 1
+        assert server.counts["batches_get"] == 0  # killed before its first status read
+
+        resumed = cli([*args, "--resume"], env=env)
+        assert resumed.code == 0, resumed.stderr
+        assert len(server.batch_jobs) == 1  # the killed run's job, polled, not a new one
+        assert server.counts["batches_create"] == 1
+        assert server.counts["batches_get"] >= 1
+        assert sorted(server.batch_line_submissions.values()) == [1] * 4
+        assert server.counts["generate_content"] == 0
+    lines = read_lines(out)
+    assert sorted(line["custom_id"] for line in lines) == ["g0000", "g0001", "g0002", "tuned"]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert store_status(db)["succeeded"] == 4
 
 
 def test_dry_run_in_batch_mode_prices_at_the_batch_price(tmp_path: Path) -> None:

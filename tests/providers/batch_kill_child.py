@@ -1,18 +1,19 @@
 """Child process of ``test_batch_mode_kill.py``: one resumable batch-mode run over HTTP.
 
 Runs ``--items`` prompts (``"kill <i>"``, item ids ``k0000``, ``k0001``, ...) in
-``ProcessorConfig(mode="batch")`` through the real ``openai`` or ``anthropic`` SDK against the
-local emulator at ``--base-url``, with an artifact store at ``--store`` and
-``resume=ResumePolicy.REUSE_SUCCESSES``. Jobs are polled every 0.1 s (at most 0.3 s apart), so
-the parent sees the job being polled soon after it is submitted and can kill this process then.
+``ProcessorConfig(mode="batch")`` through the real ``openai``, ``anthropic`` or ``google-genai``
+SDK (``GeminiStrategy`` over a ``GeminiModel``) against the local emulator at ``--base-url``,
+with an artifact store at ``--store`` and ``resume=ResumePolicy.REUSE_SUCCESSES``. Jobs are
+polled every 0.1 s (at most 0.3 s apart), so the parent sees the job being polled soon after it
+is submitted and can kill this process then.
 With ``--wait-for-go`` it imports its SDK, then waits for a line on stdin before it opens the
 store: the parent starts the resumed run early and lets it go once the first one is dead.
 
 On completion it writes ``{item_id: [success, output, replayed_from_artifact]}`` as JSON to
 ``--out``.
 
-Usage: ``python -m tests.providers.batch_kill_child --provider openai|anthropic --base-url URL
---store-kind sqlite|jsonl --store PATH --items N --out PATH``.
+Usage: ``python -m tests.providers.batch_kill_child --provider openai|anthropic|gemini
+--base-url URL --store-kind sqlite|jsonl --store PATH --items N --out PATH``.
 """
 
 from __future__ import annotations
@@ -21,23 +22,23 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessorConfig
+from async_batch_llm import LLMResponse, LLMWorkItem, ParallelBatchProcessor, ProcessorConfig
 from async_batch_llm.artifacts import (
     ArtifactStore,
     JsonlArtifactStore,
     ResumePolicy,
     SqliteArtifactStore,
 )
-from async_batch_llm.llm_strategies import AnthropicStrategy, OpenAIStrategy
+from async_batch_llm.llm_strategies import AnthropicStrategy, GeminiStrategy, OpenAIStrategy
 
 if TYPE_CHECKING:
     import anthropic
     import openai
 
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 POLL_INTERVAL = (0.1, 0.3)
 
 
@@ -51,6 +52,10 @@ def prompt_of(index: int) -> str:
     return f"kill {index}"
 
 
+def _text(response: LLMResponse) -> str:
+    return response.text
+
+
 def open_store(kind: str, path: str) -> ArtifactStore:
     """The artifact store of ``kind`` (``"sqlite"`` or ``"jsonl"``) at ``path``."""
     if kind == "sqlite":
@@ -62,18 +67,30 @@ def open_store(kind: str, path: str) -> ArtifactStore:
 
 async def run(args: argparse.Namespace) -> dict[str, list[Any]]:
     """Run (or resume) the batch; ``{item_id: [success, output, replayed]}``."""
-    strategy: OpenAIStrategy[Any] | AnthropicStrategy[Any]
+    strategy: OpenAIStrategy[Any] | AnthropicStrategy[Any] | GeminiStrategy[str]
     client: openai.AsyncOpenAI | anthropic.AsyncAnthropic
+    close: Callable[[], Awaitable[None]]
     if args.provider == "openai":
         import openai  # only the SDK in use: each takes seconds to import on a busy machine
 
         client = openai.AsyncOpenAI(base_url=args.base_url, api_key="test", max_retries=0)
         strategy = OpenAIStrategy(client, MODELS["openai"])
-    else:
+        close = client.close
+    elif args.provider == "anthropic":
         import anthropic
 
         client = anthropic.AsyncAnthropic(base_url=args.base_url, api_key="test", max_retries=0)
         strategy = AnthropicStrategy(client, MODELS["anthropic"])
+        close = client.close
+    else:
+        from google import genai
+        from google.genai import types
+
+        from async_batch_llm.models import GeminiModel
+
+        sdk = genai.Client(api_key="test", http_options=types.HttpOptions(base_url=args.base_url))
+        strategy = GeminiStrategy(GeminiModel(MODELS["gemini"], sdk), _text)
+        close = sdk.aio.aclose
     strategy.batch_poll_interval = POLL_INTERVAL
     store = open_store(args.store_kind, args.store)
     try:
@@ -89,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[Any]]:
             batch = await processor.process_all()
     finally:
         store.close()
-        await client.close()
+        await close()
     return {
         r.item_id: [r.success, r.output if r.success else str(r.error), r.replayed_from_artifact]
         for r in batch.results
@@ -116,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.provider == "openai":
         import openai  # noqa: F401  (imported before the go: it is the slow part of a start)
-    else:
+    elif args.provider == "anthropic":
         import anthropic  # noqa: F401
+    else:
+        from google import genai  # noqa: F401
     if args.wait_for_go:
         sys.stdin.readline()
     results = asyncio.run(run(args))

@@ -102,9 +102,10 @@ async def test_a_batch_job_returns_the_online_outputs_and_tokens_at_half_the_cos
     server: GeminiServer, client: genai.Client, clock: JumpClock
 ) -> None:
     strategy = strategy_for(client, system_instruction="Answer briefly.")
-    prompts = [f"summarise note {i} " + "with detail " * (i % 4) for i in range(300)]
+    prompts = [f"summarise note {i} " + "with detail " * (i % 4) for i in range(1000)]
     batch = await run(strategy, prompts, clock)
     online = await run(strategy, prompts, clock, mode="online")
+    assert len(batch) == len(online) == 1000
     assert all(r.success for r in batch.values())
     assert {k: r.output for k, r in batch.items()} == {k: r.output for k, r in online.items()}
     assert {k: r.token_usage for k, r in batch.items()} == {
@@ -118,8 +119,8 @@ async def test_a_batch_job_returns_the_online_outputs_and_tokens_at_half_the_cos
     assert job.state == "completed"
     assert job.extra["model"] == f"models/{MODEL}"
     assert set(server.batch_line_submissions.values()) == {1}
-    assert len(server.batch_line_submissions) == 300
-    assert server.counts["generate_content"] == 300  # the online run only
+    assert len(server.batch_line_submissions) == 1000
+    assert server.counts["generate_content"] == 1000  # the online run only
 
 
 @pytest.mark.parametrize(

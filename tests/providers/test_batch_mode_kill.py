@@ -4,9 +4,10 @@ killed one submitted and submits nothing again (issue 11).
 The emulator runs in this process (on the test's event loop) with a time scale at which a
 200-line job stays ``in_progress`` for 2.5 seconds. A child process
 (``batch_kill_child.py``) runs the 200 items in ``mode="batch"`` with an artifact store against
-it over HTTP, through the real SDK; once the emulator has created the job and answered a status
-read showing it ``in_progress``, the child is killed with SIGKILL. A second child on the same
-store with ``ResumePolicy.REUSE_SUCCESSES`` must finish every item from that same job.
+it over HTTP, through the real SDK (``openai``, ``anthropic``, or ``google-genai`` for a
+``GeminiStrategy`` over a ``GeminiModel``); once the emulator has created the job and answered
+a status read showing it ``in_progress``, the child is killed with SIGKILL. A second child on
+the same store with ``ResumePolicy.REUSE_SUCCESSES`` must finish every item from that same job.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from typing import Any
 
 import pytest
 
-from async_batch_llm.testing.servers import AnthropicServer, BatchTiming, OpenAIServer
+from async_batch_llm.testing.servers import (
+    AnthropicServer,
+    BatchTiming,
+    GeminiServer,
+    OpenAIServer,
+)
 from tests.providers.batch_kill_child import item_id, prompt_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # two child starts on a busy machine
@@ -37,7 +43,16 @@ TIMING = BatchTiming(
 """A 200-line job: validating for 0.0125 s, in_progress for 2.5 s, finalizing for 0.0125 s."""
 CHILD_LIMIT = 40.0
 """Seconds, at most, for a child to reach the kill point or to finish."""
-GENERATION_KIND = {"openai": "chat_completions", "anthropic": "messages"}
+GENERATION_KIND = {
+    "openai": "chat_completions",
+    "anthropic": "messages",
+    "gemini": "generate_content",
+}
+STATUS_READ_KIND = {
+    "openai": "batches_retrieve",
+    "anthropic": "batches_retrieve",
+    "gemini": "batches_get",
+}
 
 
 def child_env() -> dict[str, str]:
@@ -105,16 +120,19 @@ async def wait_until(
 
 @pytest.mark.parametrize(
     ("provider", "kind"),
-    [("openai", "sqlite"), ("openai", "jsonl"), ("anthropic", "sqlite")],
+    [("openai", "sqlite"), ("openai", "jsonl"), ("anthropic", "sqlite"), ("gemini", "sqlite")],
 )
 async def test_a_run_killed_with_sigkill_while_polling_resumes_without_submitting_again(
     tmp_path: Path, provider: str, kind: str
 ) -> None:
-    server: OpenAIServer | AnthropicServer
+    server: OpenAIServer | AnthropicServer | GeminiServer
     if provider == "openai":
         server = OpenAIServer(batch_timing=TIMING, host=LOOPBACK)
-    else:
+    elif provider == "anthropic":
         server = AnthropicServer(batch_timing=TIMING, host=LOOPBACK)
+    else:  # GeminiStrategy over a GeminiModel: google-genai's batch jobs (inline requests)
+        server = GeminiServer(batch_timing=TIMING, host=LOOPBACK)
+    status_reads = STATUS_READ_KIND[provider]
     store = tmp_path / f"run.{'db' if kind == 'sqlite' else 'jsonl'}"
     out = tmp_path / "results.json"
     children: list[asyncio.subprocess.Process] = []
@@ -133,7 +151,7 @@ async def test_a_run_killed_with_sigkill_while_polling_resumes_without_submittin
             def polled_in_progress() -> bool:
                 jobs = list(server.batch_jobs.values())
                 return (
-                    server.counts["batches_retrieve"] >= 1
+                    server.counts[status_reads] >= 1
                     and len(jobs) == 1
                     and jobs[0].state == "in_progress"
                 )
@@ -145,7 +163,7 @@ async def test_a_run_killed_with_sigkill_while_polling_resumes_without_submittin
             assert job.state == "in_progress"
             assert len(job.answers) < ITEMS  # killed with lines still to run
             assert not out.exists()
-            polls_before = server.counts["batches_retrieve"]
+            polls_before = server.counts[status_reads]
 
             # 2. The resumed run polls that job to the end and submits nothing.
             assert second.stdin is not None
@@ -171,6 +189,6 @@ async def test_a_run_killed_with_sigkill_while_polling_resumes_without_submittin
     assert job.state == "completed"
     assert len(job.answers) == ITEMS  # each line ran once, in the one job
     assert server.counts[GENERATION_KIND[provider]] == 0  # nothing went online
-    assert server.counts["batches_retrieve"] > polls_before  # the resumed run polled the job
+    assert server.counts[status_reads] > polls_before  # the resumed run polled the job
     if provider == "openai":
         assert server.counts["files_create"] == 1

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessorConfig
+from async_batch_llm._internal.journal import Journal
 from async_batch_llm._strategies.batch_api import BatchLine
 from async_batch_llm._strategies.openai_batch import OpenAIBatchBackend
 from async_batch_llm.artifacts import (
@@ -206,3 +207,43 @@ def test_a_torn_last_job_line_is_ignored(tmp_path: Path) -> None:
         torn.write('{"key": "x", "val')
     assert store.load_batch_jobs() == {"k": "v"}
     store.close()
+
+
+async def test_results_committed_before_a_crash_while_collecting_are_replayed_not_taken_again(
+    server: OpenAIServer,
+    client: openai.AsyncOpenAI,
+    clock: JumpClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    submit = Journal.submit
+    handed: list[str] = []
+
+    def crash_on_the_sixth(
+        self: Journal[Any, Any, Any], item: Any, result: Any, event: Any
+    ) -> None:
+        if len(handed) == 5:  # the job's results are being mapped back: the process dies
+            raise Crash
+        handed.append(item.item_id)
+        submit(self, item, result, event)
+
+    strategy = OpenAIStrategy(client, "gpt-4o-mini")
+    with monkeypatch.context() as patched:
+        patched.setattr(Journal, "submit", crash_on_the_sixth)
+        await expect_crash(run(strategy, 12, clock, open_store(tmp_path / "run.db")))
+    [job] = server.batch_jobs.values()
+    assert job.state == "completed"
+    downloads = server.counts["files_content"]
+
+    results = await run(strategy, 12, clock, open_store(tmp_path / "run.db"))
+    assert all(r.success for r in results.values())
+    replayed = sorted(k for k, r in results.items() if r.replayed_from_artifact)
+    assert replayed == sorted(handed)  # the 5 committed results, not taken from the job again
+    assert {k: r.output for k, r in results.items()} == {
+        f"r{i}": f"echo: resume {i}" for i in range(12)
+    }
+    # The other 7 come from the same job, read again; nothing is submitted or paid twice.
+    assert list(server.batch_jobs.values()) == [job]
+    assert set(server.batch_line_submissions.values()) == {1}
+    assert server.counts["files_content"] > downloads
+    assert server.counts["chat_completions"] == 0

@@ -308,3 +308,28 @@ def test_admits_agrees_with_time_until_admissible(
     checked = bucket()
     assert checked.admits(amount, elapsed) is expected
     assert checked.level == pytest.approx(bucket().refill(elapsed))
+
+
+@given(
+    st.floats(min_value=-500, max_value=100),
+    st.floats(min_value=0, max_value=10),
+    st.floats(min_value=-300, max_value=300),
+)
+def test_settle_is_take_for_a_debt_and_give_back_for_a_refund(
+    level: float, elapsed: float, delta: float
+) -> None:
+    # One step for what reconcile() used to do in two: same level, same time of last update.
+    def bucket() -> TokenBucket:
+        b = TokenBucket(rate=10.0, capacity=100.0, now=0.0)
+        b.take(100.0 - level, 0.0)
+        return b
+
+    settled, reference = bucket(), bucket()
+    settled.settle(delta, elapsed)
+    if delta > 0:
+        reference.take(delta, elapsed)
+    elif delta < 0:
+        reference.give_back(-delta, elapsed)
+    else:
+        reference.refill(elapsed)
+    assert settled.level == pytest.approx(reference.level, abs=1e-9)

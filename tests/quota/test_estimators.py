@@ -148,3 +148,29 @@ def test_learning_estimator_follows_drift() -> None:
 def test_learning_estimator_validates(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message}"):
         LearningEstimator(**kwargs)
+
+
+@given(
+    st.floats(min_value=0.01, max_value=1.0),
+    st.lists(st.tuples(st.integers(1, 5_000), st.integers(1, 2_000), st.integers(0, 4_000))),
+)
+def test_learning_estimator_is_the_documented_weighted_averages(
+    smoothing: float, observations: list[tuple[int, int, int]]
+) -> None:
+    # The model the docstring describes, written plainly: weight max(1/n, smoothing) for the
+    # n-th observation; the deviation moves from the second output observation on.
+    estimator = LearningEstimator(4.0, 256, smoothing=smoothing, output_deviations=2.0)
+    characters, tokens, mean, deviation = 4.0, 1.0, 0.0, 0.0
+    for n, (chars, input_tokens, output_tokens) in enumerate(observations, start=1):
+        estimator.observe(
+            "s", chars, {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        )
+        weight = max(1.0 / n, smoothing)
+        characters += weight * (chars - characters)
+        tokens += weight * (input_tokens - tokens)
+        error = output_tokens - mean
+        mean += weight * error
+        if n > 1:
+            deviation += weight * (abs(error) - deviation)
+        assert estimator.characters_per_token("s") == pytest.approx(characters / tokens)
+        assert estimator.output_allowance("s") == math.ceil(mean + 2.0 * deviation)

@@ -53,8 +53,9 @@ crash or Ctrl-C, the same command with --resume reuses every committed success a
 the rest.
 
 With --mode batch the lines go through the provider's batch API (OpenAI Files + Batches,
-Anthropic Message Batches) at the batch price; with --store the job ids are committed first,
-so --resume polls the jobs already submitted instead of submitting them again.
+Anthropic Message Batches, Gemini batch jobs) at the batch price; with --store the job ids
+are committed first, so --resume polls the jobs already submitted instead of submitting them
+again.
 """
 
 
@@ -233,7 +234,7 @@ def build_cli() -> click.Group:
         default="online",
         show_default=True,
         help="online: one API call per line; batch: every line through the provider's batch "
-        "API (OpenAI, Anthropic), cheaper and slower (jobs may take up to 24 h).",
+        "API (OpenAI, Anthropic, Gemini), cheaper and slower (jobs may take up to 24 h).",
     )
     @click.option(
         "--dry-run",

@@ -4,7 +4,8 @@ Each input line becomes one item whose prompt is ``{"messages": [...], "params":
 (:meth:`Request.payload`). :class:`RequestStrategy` sends it through the built-in strategy of the
 provider (``OpenAIStrategy``, ``AnthropicStrategy``) or the Gemini model, and returns a
 ``chat.completion`` body as the item's output, so the artifact store holds exactly what an
-output line needs.
+output line needs. With ``--mode batch`` the same requests go through the provider's batch
+API (OpenAI Files + Batches, Anthropic Message Batches, Gemini batch jobs).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from async_batch_llm._cli.inputs import LineError, Request
 from async_batch_llm._cli.output import completion_body
 from async_batch_llm._strategies.anthropic import AnthropicStrategy
 from async_batch_llm._strategies.base import LLMCallStrategy
-from async_batch_llm._strategies.batch_api import BatchBackend, BatchLine
+from async_batch_llm._strategies.batch_api import BatchBackend, BatchCapable, BatchLine
 from async_batch_llm._strategies.openai import OpenAIStrategy
-from async_batch_llm._types import RetryState, TokenUsage
+from async_batch_llm._types import LLMResponse, RetryState, TokenUsage
 from async_batch_llm.strategies.errors import ErrorClassifier
 
 __all__ = [
@@ -221,6 +222,7 @@ class RequestStrategy(LLMCallStrategy[dict[str, Any]]):
         self._strategies: OrderedDict[str, OpenAIStrategy[str] | AnthropicStrategy[str]] = (
             OrderedDict()
         )
+        self._gemini_batch: BatchCapable | None = None  # built on the first Gemini batch line
 
     @property
     def quota_scope(self) -> str:
@@ -293,20 +295,34 @@ class RequestStrategy(LLMCallStrategy[dict[str, Any]]):
 
     # ----------------------------------------------------------------- batch mode (--mode batch)
 
-    def _batch_strategy(self) -> OpenAIStrategy[str] | AnthropicStrategy[str]:
-        if self.provider == "gemini":
-            raise TypeError(
-                "--mode batch is not supported with --provider gemini; use --mode online"
-            )
-        return self._inner({})
+    def _batch_strategy(self) -> BatchCapable:
+        """The built-in strategy whose batch API the lines go through (its job API and result
+        lines; each line's own request is built by :meth:`batch_line`)."""
+        if self.provider != "gemini":
+            return self._inner({})
+        if self._gemini_batch is None:
+            from async_batch_llm._providers.gemini import GeminiModel
+            from async_batch_llm._strategies.gemini import GeminiStrategy
+
+            self._gemini_batch = GeminiStrategy(GeminiModel(self.model, self.client), _text)
+        return self._gemini_batch
 
     def batch_backend(self) -> BatchBackend:
-        """The batch API of the wrapped built-in strategy (OpenAI or Anthropic)."""
+        """The batch API of the provider's built-in strategy (Gemini: batch jobs with inline
+        requests)."""
         return self._batch_strategy().batch_backend()
 
     def batch_line(self, custom_id: str, prompt: str | Mapping[str, Any]) -> BatchLine:
-        """The line's request as the built-in strategy's batch line."""
-        self._batch_strategy()
+        """The line's request as one line of the provider's batch job: what :meth:`execute`
+        would send for it."""
+        if self.provider == "gemini":
+            from async_batch_llm._providers.gemini import GeminiModel
+            from async_batch_llm._strategies.gemini_batch import inline_request
+
+            text, temperature, system, config = _gemini_request(*_unpack(prompt))
+            model = GeminiModel(self.model, self.client)
+            request = model._request_config(temperature, system, config)
+            return inline_request(custom_id, self.model, text, request)
         inner, messages = self._prepare(prompt)
         return inner.batch_line(custom_id, messages)
 
@@ -320,24 +336,35 @@ class RequestStrategy(LLMCallStrategy[dict[str, Any]]):
     ) -> tuple[str, TokenUsage]:
         from async_batch_llm._providers.gemini import GeminiModel
 
-        system = _system_text(messages)
-        user = next(m for m in messages if m["role"] == "user")
-        config: dict[str, Any] = {}
-        if (limit := _max_tokens(params)) is not None:
-            config["max_output_tokens"] = limit
-        if "top_p" in params:
-            config["top_p"] = params["top_p"]
-        if "stop" in params:
-            stop = params["stop"]
-            config["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        text, temperature, system, config = _gemini_request(messages, params)
         model = GeminiModel(self.model, self.client)
         response = await model.generate(
-            str(_text_of(user["content"])),
-            temperature=float(params.get("temperature", 0.0)),
-            system_instruction=system,
-            config=config or None,
+            text, temperature=temperature, system_instruction=system, config=config
         )
         return response.text, response.token_usage
+
+
+def _text(response: LLMResponse) -> str:
+    return response.text
+
+
+def _gemini_request(
+    messages: list[Mapping[str, Any]], params: Mapping[str, Any]
+) -> tuple[str, float, str | None, dict[str, Any] | None]:
+    """What a line sends to Gemini: the user text, temperature, system instruction and the
+    extra request config (``max_output_tokens``, ``top_p``, ``stop_sequences``)."""
+    system = _system_text(messages)
+    user = next(m for m in messages if m["role"] == "user")
+    config: dict[str, Any] = {}
+    if (limit := _max_tokens(params)) is not None:
+        config["max_output_tokens"] = limit
+    if "top_p" in params:
+        config["top_p"] = params["top_p"]
+    if "stop" in params:
+        stop = params["stop"]
+        config["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    temperature = float(params.get("temperature", 0.0))
+    return str(_text_of(user["content"])), temperature, system, config or None
 
 
 def build_client(provider: str, api_key: str, base_url: str | None) -> Any:

@@ -62,9 +62,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-BATCH_PROVIDERS = ("openai", "anthropic")
-"""The providers ``--mode batch`` runs with (their batch APIs; Gemini's is not supported)."""
-
 _FLUSH_EVERY = 0.5
 """Seconds between flushes of the output file."""
 
@@ -376,11 +373,6 @@ _STOP_CATEGORIES = frozenset({"budget_exceeded", "batch_timeout", "fail_fast", "
 
 
 async def _run(options: RunOptions) -> int:
-    if options.mode == "batch" and options.provider not in BATCH_PROVIDERS:
-        raise UsageError(
-            f"--mode batch is not supported with --provider {options.provider} (batch mode "
-            f"runs with --provider {' or '.join(BATCH_PROVIDERS)}); use --mode online"
-        )
     spec = PROVIDERS[options.provider]
     if not sdk_installed(spec):
         raise UsageError(

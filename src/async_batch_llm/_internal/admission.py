@@ -280,10 +280,8 @@ class Reservation:
                     delta = delta_output
                 else:
                     continue
-                if delta > 0:
-                    entry.bucket.take(delta, now)
-                elif delta < 0:
-                    entry.bucket.give_back(-delta, now)
+                if delta:
+                    entry.bucket.settle(delta, now)
             if gate._wake is not None:
                 gate._notify()
             return
@@ -510,7 +508,7 @@ class AdmissionGate:
             if not entry.bucket.admits(amount, now):
                 return None  # reserve() then checks the other limits before waiting
         for dimension, entry in entries:
-            entry.bucket.take(amounts[dimension], now)
+            entry.bucket.take_admitted(amounts[dimension])
         self._reservations += 1
         if now >= self._second + 1.0:
             self._new_second(now)

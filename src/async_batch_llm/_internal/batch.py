@@ -130,7 +130,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         # Item events held back until the item's record is committed (journaling only).
         self._deferred: dict[str, ItemEvent] = {}
         # Committed results waiting for observers / the post-processor (journaling only).
-        self._publish_queue: asyncio.Queue[Published | None] | None = None
+        self._publish_queue: (
+            asyncio.Queue[tuple[WorkItemResult[Any, Any], ItemEvent | None] | None] | None
+        ) = None
         # Why the batch stopped taking items (the store failed), or None.
         self._halt: ArtifactStoreError | None = None
 
@@ -371,8 +373,12 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
     def _on_committed(self, batch: list[Published]) -> None:
         """The writer committed these records (runs on the loop, in submission order)."""
-        for result, event in batch:
-            self._publish(result, event)
+        publish = self._publish
+        for entry in batch:
+            if isinstance(entry, tuple):
+                publish(entry[0], entry[1])
+            else:
+                publish(entry, None)
 
     def _on_write_failed(self, exc: BaseException, batch: list[Published]) -> None:
         """The store could not commit: stop taking items; still return every result made."""
@@ -387,8 +393,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             halt.__cause__ = exc
             self._halt = halt
             logger.error("%s", halt)
-        for result, event in batch:
-            self._publish(result, event)
+        self._on_committed(batch)  # published all the same: each result goes to the caller
 
     async def _publisher(self) -> None:
         queue = self._publish_queue

@@ -161,6 +161,25 @@ class TokenBucket:
         self._level -= amount
         return self._level
 
+    def take_admitted(self, amount: float) -> None:
+        """:meth:`take` right after :meth:`admits` said yes at the same ``now`` (the level is
+        up to date, so no refill is due)."""
+        self._level -= amount
+
+    def settle(self, delta: float, now: float) -> None:
+        """Charge ``delta`` units (a debt) if positive, refund ``-delta`` if negative: one step
+        for :meth:`take` or :meth:`give_back` (the level is capped at ``capacity``)."""
+        updated = self._updated
+        if now > updated:
+            level = self._level + (now - updated) * self._rate
+            if level > self._capacity:
+                level = self._capacity
+            self._updated = now
+        else:
+            level = self._level
+        level -= delta
+        self._level = level if level < self._capacity else self._capacity
+
     def give_back(self, amount: float, now: float) -> float:
         """Return ``amount`` units (a refund) and return the new level, capped at ``capacity``."""
         self.refill(now)

@@ -192,6 +192,8 @@ class LearningEstimator:
                 f"output_deviations must be a finite number >= 0, got {output_deviations!r}"
             )
         self._smoothing = float(smoothing)
+        # From this many observations on, 1/n is below smoothing (and a deviation exists).
+        self._warm = max(2, math.ceil(1.0 / self._smoothing) + 1)
         self._deviations = float(output_deviations)
         self._scopes: dict[str, _ScopeModel] = {}
 
@@ -248,15 +250,20 @@ class LearningEstimator:
                 self._initial_cpt, 1.0, self._initial_cpt, self._initial_output
             )
         smoothing = self._smoothing
+        warm = self._warm  # observations from which on each weighs ``smoothing``
         input_tokens: Any = usage.get("input_tokens")
         if (
             (type(input_tokens) is int or _is_count(input_tokens))
             and input_tokens > 0
             and prompt_chars > 0
         ):
-            model.input_observations = observations = model.input_observations + 1
-            weight = 1.0 / observations
-            if weight < smoothing:
+            observations = model.input_observations
+            if observations < warm:  # once warm the count no longer matters
+                model.input_observations = observations = observations + 1
+                weight = 1.0 / observations
+                if weight < smoothing:
+                    weight = smoothing
+            else:
                 weight = smoothing
             model.characters = characters = model.characters + weight * (
                 prompt_chars - model.characters
@@ -267,9 +274,13 @@ class LearningEstimator:
             model.cpt = characters / tokens
         output_tokens: Any = usage.get("output_tokens")
         if output_tokens >= 0 if type(output_tokens) is int else _is_count(output_tokens):
-            model.output_observations = observations = model.output_observations + 1
-            weight = 1.0 / observations
-            if weight < smoothing:
+            observations = model.output_observations
+            if observations < warm:
+                model.output_observations = observations = observations + 1
+                weight = 1.0 / observations
+                if weight < smoothing:
+                    weight = smoothing
+            else:
                 weight = smoothing
             mean = model.output_mean
             error = output_tokens - mean

@@ -24,7 +24,6 @@ from typing import Any, Generic
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
 from async_batch_llm._internal.artifacts.records import (
-    ArtifactRecord,
     ArtifactStoreError,
     ResumePolicy,
     UnstorableOutputError,
@@ -45,8 +44,9 @@ logger = logging.getLogger("async_batch_llm.artifacts")
 ItemEvent = tuple[ProcessingEvent, dict[str, Any]]
 """An item's ``ITEM_COMPLETED``/``ITEM_FAILED`` event, held back until its record is committed."""
 
-Published = tuple[WorkItemResult[Any, Any], ItemEvent | None]
-"""What the writer hands back once committed: the result and its held-back event."""
+Published = WorkItemResult[Any, Any] | tuple[WorkItemResult[Any, Any], ItemEvent]
+"""What the writer hands back once committed: the result, or the result and its held-back
+event (a bare result when there is no event, which spares a tuple per item)."""
 
 
 class Journal(Generic[TInput, TOutput, TContext]):
@@ -57,7 +57,16 @@ class Journal(Generic[TInput, TOutput, TContext]):
         policy: what may be replayed (``NONE`` replays nothing, only records).
     """
 
-    __slots__ = ("_identities", "_writer", "output_type", "policy", "replaying", "store", "version")
+    __slots__ = (
+        "_identities",
+        "_stamp",
+        "_writer",
+        "output_type",
+        "policy",
+        "replaying",
+        "store",
+        "version",
+    )
 
     def __init__(self, store: ArtifactStore, policy: ResumePolicy) -> None:
         self.store = store
@@ -68,6 +77,7 @@ class Journal(Generic[TInput, TOutput, TContext]):
         # id(strategy) -> (strategy, identity): the strategy is held so its id stays its own.
         self._identities: dict[int, tuple[object, hashlib.blake2b, str]] = {}
         self._writer: ArtifactWriter[Published] | None = None
+        self._stamp = -1.0  # the created_at given to the records of the current millisecond
 
     # ------------------------------------------------------------------------- fingerprints
 
@@ -188,19 +198,30 @@ class Journal(Generic[TInput, TOutput, TContext]):
                 {"item_id": result.item_id, "error_type": "UnstorableOutputError"},
             )
             kind, payload = "none", None
-        record = ArtifactRecord(
-            item_id=result.item_id,
-            fingerprint=self.fingerprint(item),
-            success=result.success,
-            output_kind=kind,
-            output=payload,
-            error=result.error,
-            token_usage=dict(result.token_usage),  # type: ignore[arg-type]  # TokenUsage is str->int
-            error_category=result.error_category,
-            cost=result.cost,
-            created_at=time.time(),
+        # Encoded straight from the fields (no ArtifactRecord in between): once per result.
+        encoded = writer.encode_fields(
+            result.item_id,
+            self.fingerprint(item),
+            result.success,
+            kind,
+            payload,
+            result.error,
+            result.token_usage,  # type: ignore[arg-type]  # TokenUsage is str -> int
+            result.error_category,
+            result.cost,
+            self._created_at(),
         )
-        writer.submit(record, (result, event))
+        writer.submit_encoded(encoded, result if event is None else (result, event))
+
+    def _created_at(self) -> float:
+        """``time.time()``, the same value for every record made within one millisecond
+        (a store then encodes that value once rather than once per record)."""
+        now = time.time()
+        stamp = self._stamp
+        if 0.0 <= now - stamp < 0.001:
+            return stamp
+        self._stamp = now
+        return now
 
     async def drain(self) -> None:
         """Wait until every submitted record is committed and published (or failed)."""

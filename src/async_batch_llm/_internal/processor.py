@@ -471,12 +471,12 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     # call (no middleware or dry run), so attempt 1 is _attempt() without its
                     # coroutine (keep the two in step). A failure continues in _process_item()
                     # as attempt 1's.
+                    observers = self.observers
                     if admission is None:
                         discovery.strategy = strategy
-                    else:
+                    elif observers:  # the admission wait goes in the item's event
                         assert quota is not None
                         quota.note_admission(worker_id, item, admission)
-                    observers = self.observers
                     if observers:
                         try:
                             await dispatch(
@@ -868,7 +868,8 @@ class ParallelBatchProcessor(BatchProcessor[TInput, TOutput, TContext]):
                     ledger.release(charge)  # type: ignore[union-attr]  # set with charge
                 failure = _Failure(refused, _REFUSED, "bad_request", at_attempt=True)
                 return await self._ended_without_result(item, worker_id, attempt, failure)
-            quota.note_admission(worker_id, item, admission)
+            if self.observers:  # the admission wait goes in the item's event
+                quota.note_admission(worker_id, item, admission)
             sink_token = HEADER_SINK.set(admission.gate.observe_headers)
         else:
             discovery = self._discoveries.get(worker_id)

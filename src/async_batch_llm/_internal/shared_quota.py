@@ -86,6 +86,9 @@ class _Recorder:
         self.settlement.add(self.dimension, self.entry, -amount)
         return 0.0
 
+    def settle(self, delta: float, now: float) -> None:
+        self.settlement.add(self.dimension, self.entry, delta)
+
 
 class SharedAdmissionGate(AdmissionGate):
     """An :class:`AdmissionGate` whose buckets live in ``backend``.

@@ -90,9 +90,15 @@ class AnthropicBatchBackend:
         async with _converting():
             batch = await self.client.messages.batches.retrieve(job_id)
         counts = batch.request_counts
+        state = _STATES.get(batch.processing_status, batch.processing_status)
+        if state == "completed":  # "ended": say why requests were left unrun, as OpenAI does
+            if counts.canceled:
+                state = "cancelled"
+            elif counts.expired:
+                state = "expired"
         return JobStatus(
             job_id=batch.id,
-            state=_STATES.get(batch.processing_status, batch.processing_status),
+            state=state,
             total=counts.processing
             + counts.succeeded
             + counts.errored

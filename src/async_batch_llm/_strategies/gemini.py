@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast, overload
 
@@ -13,7 +12,11 @@ from async_batch_llm._providers.gemini import (
 )
 from async_batch_llm._strategies.base import LLMCallStrategy
 from async_batch_llm._strategies.batch_api import BatchLimits, BatchLine
-from async_batch_llm._strategies.gemini_batch import GEMINI_BATCH_LIMITS, GeminiBatchBackend
+from async_batch_llm._strategies.gemini_batch import (
+    GEMINI_BATCH_LIMITS,
+    GeminiBatchBackend,
+    inline_request,
+)
 from async_batch_llm._types import LLMResponse, RetryState, TokenUsage, TOutput
 from async_batch_llm.core.protocols import LLMModel, ManagedLLMModel
 from async_batch_llm.strategies.errors import TokenTrackingError
@@ -151,14 +154,7 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
         """
         model = self._batch_model()
         config = model._request_config(self.temperature, None, None)
-        payload = {"contents": prompt, "config": config, "metadata": {"key": custom_id}}
-        try:
-            size = len(json.dumps(payload).encode("utf-8"))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"a Gemini batch request needs a JSON prompt (text or part dicts): {exc}"
-            ) from exc
-        return BatchLine(custom_id, model.model_name, payload, size)
+        return inline_request(custom_id, model.model_name, prompt, config)
 
     def batch_output(self, body: Mapping[str, Any]) -> tuple[TOutput, TokenUsage]:
         """Output and usage of one inline response, as ``execute`` returns them."""

@@ -13,6 +13,7 @@ found again by its display name (``batches.list``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from async_batch_llm._strategies.batch_api import BatchLimits, BatchLine, JobSta
 if TYPE_CHECKING:
     from google import genai
 
-__all__ = ["GEMINI_BATCH_LIMITS", "GeminiBatchBackend"]
+__all__ = ["GEMINI_BATCH_LIMITS", "GeminiBatchBackend", "inline_request"]
 
 GEMINI_BATCH_LIMITS = BatchLimits(max_requests=10_000, max_bytes=20 * 1000 * 1000)
 """Inline requests of one Gemini batch job: 20 MB in all (Gemini's limit for inline requests;
@@ -58,6 +59,30 @@ _GRPC = {
     15: (500, "DATA_LOSS"),
     16: (401, "UNAUTHENTICATED"),
 }
+
+
+def inline_request(
+    custom_id: str, model: str, contents: Any, config: Mapping[str, Any]
+) -> BatchLine:
+    """One inline request of a batch job: what ``generate_content`` would send, keyed by id.
+
+    Args:
+        custom_id: the line's id, sent as ``metadata.key`` and handed back with its response.
+        model: the model name (lines of one job share it).
+        contents: the prompt (text, or JSON part dicts).
+        config: the request config (temperature, system instruction, ...).
+
+    Raises:
+        TypeError: the contents or config are not JSON data (for example SDK ``Part`` objects).
+    """
+    payload = {"contents": contents, "config": dict(config), "metadata": {"key": custom_id}}
+    try:
+        size = len(json.dumps(payload).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"a Gemini batch request needs a JSON prompt (text or part dicts): {exc}"
+        ) from exc
+    return BatchLine(custom_id, model, payload, size)
 
 
 class GeminiBatchBackend:

@@ -1,4 +1,5 @@
-"""An observer counting items, failures, rate limits and durations; JSON and Prometheus export."""
+"""An observer counting items, failures, rate limits, durations and provider batch jobs; JSON and
+Prometheus export."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from async_batch_llm.observers.base import BaseObserver, ProcessingEvent
+from async_batch_llm.observers.base import BaseObserver, ExtendedEvent, ProcessingEvent
 
 __all__ = ["MetricsObserver"]
 
@@ -76,6 +77,60 @@ class _ScopeQuota:
         return result
 
 
+_RAN_STATES = frozenset({"completed", "expired", "cancelled"})
+"""Final job states whose unreported lines were not run (rather than failed with the job)."""
+
+
+class _BatchJobs:
+    """What the ``BATCH_JOB_*`` events of provider batch mode said: jobs and their lines."""
+
+    __slots__ = ("by_state", "expired", "failed", "running", "submitted", "succeeded")
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.by_state: dict[str, int] = {}
+        self.running: set[object] = set()  # ids of jobs submitted (or polled) and not ended
+        self.succeeded = 0
+        self.failed = 0
+        self.expired = 0
+
+    def record(self, event: ExtendedEvent, data: Mapping[str, Any]) -> None:
+        job_id = data.get("job_id")
+        if event is ExtendedEvent.BATCH_JOB_SUBMITTED:
+            self.submitted += 1
+            self.running.add(job_id)
+        elif event is ExtendedEvent.BATCH_JOB_PROGRESS:
+            self.running.add(job_id)  # a job a resumed run polls was submitted by another run
+        else:
+            self.running.discard(job_id)
+            state = str(data.get("state", "unknown"))
+            self.by_state[state] = self.by_state.get(state, 0) + 1
+            succeeded, failed = _count(data.get("completed")), _count(data.get("failed"))
+            left = max(_count(data.get("requests")) - succeeded - failed, 0)
+            self.succeeded += succeeded
+            # Lines a completed, expired or cancelled job never ran are sent again (expired);
+            # those of a job that failed (or could not be read) failed with it.
+            if state in _RAN_STATES:
+                self.failed += failed
+                self.expired += left
+            else:
+                self.failed += failed + left
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "batch_jobs_submitted": self.submitted,
+            "batch_jobs_completed": dict(self.by_state),
+            "batch_jobs_in_progress": len(self.running),
+            "batch_lines_succeeded": self.succeeded,
+            "batch_lines_failed": self.failed,
+            "batch_lines_expired": self.expired,
+        }
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _initial_metrics() -> dict[str, Any]:
     return {
         "items_processed": 0,
@@ -126,6 +181,15 @@ class MetricsObserver(BaseObserver):
         >>> # print(await metrics.export_prometheus())
     """
 
+    extended_events = True  # the BATCH_JOB_* events feed the batch job counters
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass written for 0.6.0 that handles events itself keeps receiving exactly the
+        # 0.6.0 events (its on_event may not expect an ExtendedEvent), unless it opts in.
+        if "on_event" in cls.__dict__ and "extended_events" not in cls.__dict__:
+            cls.extended_events = False
+
     def __init__(self, *, max_processing_samples: int = 100) -> None:
         """Create an observer with every counter at zero.
 
@@ -145,6 +209,7 @@ class MetricsObserver(BaseObserver):
         self._cost: float | None = None
         self._cost_by_model: dict[str, float] = {}
         self._cost_by_scope: dict[str, float] = {}
+        self._jobs: _BatchJobs | None = None  # None until a batch job event arrived
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -157,14 +222,24 @@ class MetricsObserver(BaseObserver):
         )
 
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-        """Update the counters for ``event``; events other than the four counted ones are ignored.
+        """Update the counters for ``event``; events other than the counted ones are ignored.
 
         Args:
-            event: the lifecycle event.
+            event: the lifecycle event. ``ExtendedEvent`` members arrive here too (the class
+                sets ``extended_events``); the annotation stays 0.6.0's, so that subclasses
+                written for 0.6.0 keep type-checking.
             data: its payload; ``duration`` (seconds) and ``error_type`` are read when present.
         """
         # No lock: the update never awaits, so it cannot interleave with another event's update
         # or with get_metrics() on the event loop. It runs for every event of every item.
+        received: object = event
+        if type(received) is ExtendedEvent:
+            if received in _JOB_EVENTS:
+                jobs = self._jobs
+                if jobs is None:
+                    jobs = self._jobs = _BatchJobs()
+                jobs.record(received, data)
+            return
         m = self.metrics
         if "admission_wait" in data and (
             event is ProcessingEvent.ITEM_COMPLETED or event is ProcessingEvent.ITEM_FAILED
@@ -241,6 +316,16 @@ class MetricsObserver(BaseObserver):
             ``model`` the events name: ``ITEM_COMPLETED`` names it) and
             ``cost_by_quota_scope`` (dollars by quota scope; empty without quota admission).
             Without priced calls these keys are absent.
+
+            Once a provider batch job event arrived (``ProcessorConfig(mode="batch")``), six
+            more keys follow: ``batch_jobs_submitted``, ``batch_jobs_completed`` (jobs that
+            ended, by final state: ``completed``, ``expired``, ``cancelled``, ``failed``),
+            ``batch_jobs_in_progress`` (submitted, or polled after a resume, and not ended),
+            and, over the lines of ended jobs, ``batch_lines_succeeded`` and
+            ``batch_lines_failed`` (as the provider counted them) and ``batch_lines_expired``
+            (lines a job ended without running: it expired or was cancelled; they are sent
+            again). A failed job's lines count as failed. Without batch jobs these keys are
+            absent.
         """
         async with self._lock:
             m = self.metrics
@@ -271,6 +356,8 @@ class MetricsObserver(BaseObserver):
                 snapshot["total_cost"] = self._cost
                 snapshot["cost_by_model"] = dict(self._cost_by_model)
                 snapshot["cost_by_quota_scope"] = dict(self._cost_by_scope)
+            if self._jobs is not None:
+                snapshot.update(self._jobs.snapshot())
             return snapshot
 
     async def export_dict(self) -> dict[str, Any]:
@@ -297,7 +384,12 @@ class MetricsObserver(BaseObserver):
         ``async_batch_llm_cost_dollars_total`` (a counter, the total) follows, then, when
         known, ``async_batch_llm_cost_dollars_by_model_total`` (labelled by ``model``) and
         ``async_batch_llm_cost_dollars_by_quota_scope_total`` (labelled by ``quota_scope``).
-        The text ends with a single newline.
+        With batch jobs (see :meth:`get_metrics`), four families follow:
+        ``async_batch_llm_batch_jobs_submitted_total`` (a counter),
+        ``async_batch_llm_batch_jobs_completed_total`` (a counter labelled by final ``state``,
+        once a job ended), ``async_batch_llm_batch_jobs_in_progress`` (a gauge) and
+        ``async_batch_llm_batch_lines_total`` (a counter labelled by ``outcome``:
+        ``succeeded``, ``failed``, ``expired``). The text ends with a single newline.
 
         Returns:
             The exposition text, ready to serve on a ``/metrics`` endpoint.
@@ -330,6 +422,8 @@ class MetricsObserver(BaseObserver):
                 snapshot["cost_by_model"],
                 snapshot["cost_by_quota_scope"],
             )
+        if "batch_jobs_submitted" in snapshot:
+            lines += _batch_job_families(snapshot)
         return "\n".join(lines)
 
     def reset(self) -> None:
@@ -341,6 +435,53 @@ class MetricsObserver(BaseObserver):
         self._cost = None
         self._cost_by_model.clear()
         self._cost_by_scope.clear()
+        self._jobs = None
+
+
+_JOB_EVENTS = frozenset(
+    {
+        ExtendedEvent.BATCH_JOB_SUBMITTED,
+        ExtendedEvent.BATCH_JOB_PROGRESS,
+        ExtendedEvent.BATCH_JOB_COMPLETED,
+    }
+)
+
+
+def _batch_job_families(snapshot: Mapping[str, Any]) -> list[str]:
+    """The Prometheus lines of the provider batch jobs (see ``export_prometheus``)."""
+    submitted = _PROMETHEUS_PREFIX + "batch_jobs_submitted_total"
+    ended = _PROMETHEUS_PREFIX + "batch_jobs_completed_total"
+    running = _PROMETHEUS_PREFIX + "batch_jobs_in_progress"
+    outcomes = _PROMETHEUS_PREFIX + "batch_lines_total"
+    lines = [
+        f"# HELP {submitted} Provider batch jobs submitted",
+        f"# TYPE {submitted} counter",
+        f"{submitted} {snapshot['batch_jobs_submitted']}",
+        "",
+    ]
+    by_state: Mapping[str, int] = snapshot["batch_jobs_completed"]
+    if by_state:
+        lines += [
+            f"# HELP {ended} Provider batch jobs that ended, by final state",
+            f"# TYPE {ended} counter",
+        ]
+        lines += [
+            f'{ended}{{state="{_escape_label_value(state)}"}} {count}'
+            for state, count in by_state.items()
+        ]
+        lines.append("")
+    lines += [
+        f"# HELP {running} Provider batch jobs submitted and not yet ended",
+        f"# TYPE {running} gauge",
+        f"{running} {snapshot['batch_jobs_in_progress']}",
+        "",
+        f"# HELP {outcomes} Request lines of ended provider batch jobs, by outcome",
+        f"# TYPE {outcomes} counter",
+    ]
+    for outcome in ("succeeded", "failed", "expired"):
+        lines.append(f'{outcomes}{{outcome="{outcome}"}} {snapshot[f"batch_lines_{outcome}"]}')
+    lines.append("")
+    return lines
 
 
 def _quota_families(quota: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -13,10 +13,28 @@ from typing import Any, Self
 from async_batch_llm._internal.artifacts.records import (
     ArtifactRecord,
     ArtifactStoreError,
+    OutputKind,
     record_to_json_line,
 )
 
-__all__ = ["ArtifactStore"]
+__all__ = ["ArtifactStore", "EncodeFields"]
+
+EncodeFields = Callable[
+    [
+        str,
+        str,
+        bool,
+        OutputKind,
+        "str | None",
+        "str | None",
+        Mapping[str, int],
+        "str | None",
+        "float | None",
+        float,
+    ],
+    object,
+]
+"""Encodes one record given as its fields, in :class:`ArtifactRecord` field order."""
 
 
 class ArtifactStore(ABC):
@@ -91,6 +109,40 @@ class ArtifactStore(ABC):
                 ``OSError`` / ``sqlite3.Error`` is chained).
         """
 
+    def _encode_fields(
+        self,
+        item_id: str,
+        fingerprint: str,
+        success: bool,
+        output_kind: OutputKind,
+        output: str | None,
+        error: str | None,
+        token_usage: Mapping[str, int],
+        error_category: str | None,
+        cost: float | None,
+        created_at: float,
+    ) -> object:
+        """:meth:`_encode_for_write` of the record these fields (in field order) make up.
+
+        The journal encodes each finished item through this, so a store that encodes to a
+        row can skip building the :class:`ArtifactRecord`. The default builds it (with its
+        own copy of ``token_usage``) and encodes that.
+        """
+        return self._encode_for_write(
+            _plain_record(
+                item_id,
+                fingerprint,
+                success,
+                output_kind,
+                output,
+                error,
+                token_usage,
+                error_category,
+                cost,
+                created_at,
+            )
+        )
+
     def _encode_for_write(self, record: ArtifactRecord) -> object:
         """What :meth:`_write_encoded` takes for ``record``; called on the event-loop thread.
 
@@ -113,18 +165,16 @@ class ArtifactStore(ABC):
         checkpoint runs inside a commit that records are waiting for. Must not raise.
         """
 
-    def _writer_pair(
-        self,
-    ) -> tuple[Callable[[ArtifactRecord], object], Callable[[list[Any]], None]]:
-        """The ``(encode, write_encoded)`` pair the writer uses for this store.
+    def _writer_pair(self) -> tuple[EncodeFields, Callable[[list[Any]], None]]:
+        """The ``(encode_fields, write_encoded)`` pair the writer uses for this store.
 
         A subclass that overrides :meth:`write` (to add to it, or to replace it) gets its
         ``write`` called with plain records, as documented, even if a base encodes ahead.
         """
         cls = type(self)
         if _defined_in(cls, "write") is _defined_in(cls, "_write_encoded"):
-            return self._encode_for_write, self._write_encoded
-        return _keep_record, self.write
+            return self._encode_fields, self._write_encoded
+        return _plain_record, self.write
 
     # Provider batch jobs (ProcessorConfig(mode="batch")): the processor saves each job's line
     # map before submitting it and its id once known, so a resumed run polls the job instead
@@ -231,8 +281,31 @@ class ArtifactStore(ABC):
         )
 
 
-def _keep_record(record: ArtifactRecord) -> object:
-    return record
+def _plain_record(
+    item_id: str,
+    fingerprint: str,
+    success: bool,
+    output_kind: OutputKind,
+    output: str | None,
+    error: str | None,
+    token_usage: Mapping[str, int],
+    error_category: str | None,
+    cost: float | None,
+    created_at: float,
+) -> ArtifactRecord:
+    """The record of these fields (with its own copy of ``token_usage``)."""
+    return ArtifactRecord(
+        item_id,
+        fingerprint,
+        success,
+        output_kind,
+        output,
+        error,
+        dict(token_usage),
+        error_category,
+        cost,
+        created_at,
+    )
 
 
 def _defined_in(cls: type, name: str) -> type | None:

@@ -125,6 +125,41 @@ class ArtifactRecord:
     created_at: float = 0.0
 
 
+RecordFields = tuple[
+    str,
+    str,
+    bool,
+    OutputKind,
+    str | None,
+    str | None,
+    Mapping[str, int],
+    str | None,
+    float | None,
+    float,
+]
+"""The values of an :class:`ArtifactRecord`, in field order."""
+
+
+def fields_of(record: ArtifactRecord) -> RecordFields:
+    """``record``'s values in field order (what :meth:`ArtifactStore._encode_fields` takes).
+
+    Raises:
+        AttributeError: ``record`` lacks a field.
+    """
+    return (
+        record.item_id,
+        record.fingerprint,
+        record.success,
+        record.output_kind,
+        record.output,
+        record.error,
+        record.token_usage,
+        record.error_category,
+        record.cost,
+        record.created_at,
+    )
+
+
 def _is_utf8_safe(text: str) -> bool:
     if text.isascii():
         return True

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from async_batch_llm._internal.artifacts.base import ArtifactStore
-from async_batch_llm._internal.artifacts.records import ArtifactRecord
+from async_batch_llm._internal.artifacts.records import ArtifactRecord, fields_of
 
 __all__ = ["ArtifactWriter", "WriterStatistics"]
 
@@ -103,14 +103,15 @@ class ArtifactWriter(Generic[P]):
         ):
             raise ValueError(f"commit_interval must be > 0, got {interval!r}")
         self._store = store
-        self._encode, self._write = store._writer_pair()
+        self.encode_fields, self._write = store._writer_pair()
+        """The store's encoder of one record given as its fields (see :meth:`submit_encoded`)."""
         self._loop = loop
         self._on_committed = on_committed
         self._on_failed = on_failed
         self._interval = float(interval)
 
         # (encoded record, payload, monotonic submit time); appended on the loop, popped on the
-        # thread. Records are encoded on the loop (see ArtifactStore._encode_for_write).
+        # thread. Records are encoded on the loop (see ArtifactStore._encode_fields).
         self._queue: deque[tuple[object, P, float]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._idle = False  # the thread waits on _cond with nothing queued
@@ -161,11 +162,19 @@ class ArtifactWriter(Generic[P]):
         Raises:
             RuntimeError: the writer was closed.
         """
+        self.submit_encoded(self.encode_fields(*fields_of(record)), payload)
+
+    def submit_encoded(self, encoded: object, payload: P) -> None:
+        """:meth:`submit` for a record already encoded by :attr:`encode_fields` (the hot path).
+
+        Raises:
+            RuntimeError: the writer was closed.
+        """
         if self._closed:
             raise RuntimeError("ArtifactWriter is closed; the record was not accepted")
         now = time.monotonic()
         queue = self._queue
-        queue.append((self._encode(record), payload, now))
+        queue.append((encoded, payload, now))
         self._submitted += 1
         if self._idle:
             with self._cond:
