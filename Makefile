@@ -133,7 +133,11 @@ typecheck: install ## mypy --strict over src and tests (see [tool.mypy])
 
 .PHONY: test
 test: install ## Run the test suite (without soak tests)
-	$(BIN)/pytest $(PYTEST_FLAGS) -m "not soak" $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_FLAGS) -m "not soak and not ray" $(PYTEST_ARGS)
+
+.PHONY: test-ray
+test-ray: install ## Run the Ray Data tests (one local Ray runtime on 127.0.0.1; about 3 minutes)
+	$(BIN)/pytest $(PYTEST_FLAGS) -m ray $(PYTEST_ARGS)
 
 .PHONY: soak
 soak: install ## Run the long-running soak tests only

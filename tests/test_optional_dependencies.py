@@ -53,6 +53,8 @@ SDK_ROOTS = [
     "click",
     "rich",
     "opentelemetry",
+    "ray",
+    "pyarrow",
 ]
 
 # Runs in the child. Imports every module of the package, records what got loaded, then tries

@@ -72,6 +72,7 @@ def test_every_marked_snippet_is_covered_by_a_test() -> None:
         "budgets",
         "batch-mode",
         "scale-out",
+        "scale-out-ray",  # starts Ray: run by tests/ray_data/test_docs_ray.py (make test-ray)
     }
     assert set(snippets()) == covered
 
