@@ -155,8 +155,21 @@ class ArtifactStore(ABC):
         return record
 
     def _write_encoded(self, encoded: list[object]) -> None:
-        """:meth:`write` for records encoded by :meth:`_encode_for_write` (writer thread)."""
-        self.write(encoded)  # type: ignore[arg-type]  # the default encoding is the record
+        """:meth:`write` for records encoded by :meth:`_encode_for_write`."""
+        self._write_prepared(self._prepare_write(encoded))
+
+    def _prepare_write(self, encoded: list[object]) -> object:
+        """Turn one group of encoded records into what :meth:`_write_prepared` commits.
+
+        Called on the event-loop thread, so that the writer thread only commits (see
+        :class:`ArtifactWriter`). May raise :class:`ArtifactStoreError` (a malformed record):
+        the group then fails as a failed write would. The default keeps the list.
+        """
+        return encoded
+
+    def _write_prepared(self, prepared: object) -> None:
+        """Commit one group made by :meth:`_prepare_write` (writer thread)."""
+        self.write(prepared)  # type: ignore[arg-type]  # the default encoding is the record
 
     def _idle_maintenance(self) -> None:  # noqa: B027  # an optional hook, empty by default
         """Upkeep the writer thread runs once it has been idle for a commit interval.
@@ -165,16 +178,18 @@ class ArtifactStore(ABC):
         checkpoint runs inside a commit that records are waiting for. Must not raise.
         """
 
-    def _writer_pair(self) -> tuple[EncodeFields, Callable[[list[Any]], None]]:
-        """The ``(encode_fields, write_encoded)`` pair the writer uses for this store.
+    def _writer_parts(
+        self,
+    ) -> tuple[EncodeFields, Callable[[list[Any]], object], Callable[[Any], None]]:
+        """The ``(encode_fields, prepare_write, write_prepared)`` the writer uses for this store.
 
         A subclass that overrides :meth:`write` (to add to it, or to replace it) gets its
         ``write`` called with plain records, as documented, even if a base encodes ahead.
         """
         cls = type(self)
-        if _defined_in(cls, "write") is _defined_in(cls, "_write_encoded"):
-            return self._encode_fields, self._write_encoded
-        return _plain_record, self.write
+        if _defined_in(cls, "write") is _defined_in(cls, "_write_prepared"):
+            return self._encode_fields, self._prepare_write, self._write_prepared
+        return _plain_record, _keep, self.write
 
     # Provider batch jobs (ProcessorConfig(mode="batch")): the processor saves each job's line
     # map before submitting it and its id once known, so a resumed run polls the job instead
@@ -279,6 +294,10 @@ class ArtifactStore(ABC):
             f"written={self._records_written} output_type={output_type} "
             f"version={self.version!r}>"
         )
+
+
+def _keep(records: list[Any]) -> object:
+    return records
 
 
 def _plain_record(

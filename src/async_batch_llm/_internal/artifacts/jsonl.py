@@ -239,7 +239,8 @@ class JsonlArtifactStore(ArtifactStore):
         except (TypeError, ValueError) as exc:
             return exc
 
-    def _write_encoded(self, encoded: list[object]) -> None:
+    def _write_prepared(self, prepared: object) -> None:
+        encoded = cast("list[object]", prepared)
         self._check_open()
         if not encoded:
             return

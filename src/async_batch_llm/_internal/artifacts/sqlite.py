@@ -443,19 +443,23 @@ class SqliteArtifactStore(ArtifactStore):
         self._stamp = (created_at, text)  # one assignment: a reader sees a matching pair
         return text
 
-    def _write_encoded(self, encoded: list[object]) -> None:
-        self._check_open()
-        if not encoded:
-            return
+    def _prepare_write(self, encoded: list[object]) -> object:
+        # On the loop: the statements, with the JSON rows already joined into one text each.
         for row in encoded:
             if type(row) is _Malformed:
                 raise self._io_error("encode a record", row.error) from row.error
         rows = cast("list[str | Row]", encoded)
+        return len(rows), list(_insert_statements(rows, self._max_rows)) if rows else []
+
+    def _write_prepared(self, prepared: object) -> None:
+        count, statements = cast("tuple[int, list[tuple[str, list[Any]]]]", prepared)
+        self._check_open()
+        if not count:
+            return
         with self._write_lock:
             self._check_open()
             conn = self._writer
             try:
-                statements = list(_insert_statements(rows, self._max_rows))
                 if len(statements) == 1:
                     # One statement is one transaction of its own: no BEGIN/COMMIT round trips.
                     conn.execute(*statements[0])
@@ -469,9 +473,9 @@ class SqliteArtifactStore(ArtifactStore):
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
-                raise self._io_error(f"commit {len(rows)} record(s)", exc) from exc
-            self._records_written += len(rows)
-            self._since_checkpoint += len(rows)
+                raise self._io_error(f"commit {count} record(s)", exc) from exc
+            self._records_written += count
+            self._since_checkpoint += count
             if self._since_checkpoint >= _CHECKPOINT_EVEN_IF_BUSY:
                 self._checkpoint()  # a writer that is never idle must not grow the WAL forever
 

@@ -1,25 +1,29 @@
 """The single writer: one thread that group-commits records while the event loop keeps working.
 
-Workers hand a record over with :meth:`ArtifactWriter.submit` (a deque append, plus a wake-up only
-when the thread sleeps idle) and take the next item; they never wait for the disk. The thread
-takes everything pending, commits it with one :meth:`ArtifactStore.write`, and schedules the
-``on_committed`` callback on the loop with the payloads of that group, in submit order.
+Workers hand a record over with :meth:`ArtifactWriter.submit` (a list append) and take the next
+item; they never wait for the disk. Whenever the thread is free, the loop hands it everything
+pending as one group, already made into what the store commits (for SQLite: the statements,
+rows joined into one JSON text each). The thread only commits it with the store and schedules
+the ``on_committed`` callback on the loop with the payloads of that group, in submit order.
 
-Commits go back to back: the group of a commit is whatever arrived while the previous one was
-being written, so groups grow with the load by themselves and a record waits for at most about
-one commit's duration. That window is what a crash can still lose of answers already paid for
-(they are called again on resume), so it is kept as short as the disk allows rather than spaced
-out by a timer. ``commit_interval`` is the lag the writer is expected to stay within: a commit
-lag above twice that (the disk or a starved thread cannot keep up) is logged as a warning.
+So all the Python work per record runs on the loop, which runs anyway; the thread needs the GIL
+only a few times per group (to take it, to bind one text, to report back), and a loop busy with
+Python barely waits for it. Commits go back to back: the group of a commit is whatever arrived
+while the previous one was being written, so groups grow with the load by themselves and a
+record waits for at most about one commit's duration. That window is what a crash can still
+lose of answers already paid for (they are called again on resume), so it is kept as short as
+the disk allows rather than spaced out by a timer. ``commit_interval`` is the lag the writer is
+expected to stay within: a commit lag above twice that is logged as a warning.
 
 A loop that never lets go of the GIL (every worker busy in Python) would starve the thread:
-woken, it still waits for the GIL, and nothing is committed until the loop pauses. So
-:meth:`ArtifactWriter.submit` watches the oldest pending record: past a quarter interval it hands
-the GIL over (``time.sleep(0)``), past a whole interval it commits the group itself, on the loop.
+woken, it still waits for the GIL. So while a group has been with the thread for a quarter
+interval, :meth:`ArtifactWriter.submit` hands the GIL over (``time.sleep(0)``), at most once a
+millisecond; and a thread done with its group is given the next one by the next submit, even if
+the loop never gets to run the thread's callback.
 
-The thread is the only consumer of the queue, so every submitted payload reaches exactly one
-callback, in submit order, even after a failure: once a write fails the writer is dead, and
-that group and every later payload go to ``on_failed``.
+Groups are handed over one at a time and their callbacks run in order, so every submitted payload
+reaches exactly one callback, in submit order, even after a failure: once a write fails the
+writer is dead, and that group and every later payload go to ``on_failed``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -43,6 +46,9 @@ __all__ = ["ArtifactWriter", "WriterStatistics"]
 logger = logging.getLogger("async_batch_llm.artifacts")
 
 P = TypeVar("P")
+
+_YIELD_SPACING = 0.001
+"""Seconds between two GIL hand-overs of :meth:`ArtifactWriter.submit_encoded`."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,18 @@ class WriterStatistics:
     max_lag: float
     last_lag: float
     failed: BaseException | None
+
+
+class _Group(Generic[P]):
+    """One hand-over: what the store commits, and for whom."""
+
+    __slots__ = ("count", "oldest", "payloads", "prepared")
+
+    def __init__(self, prepared: object, payloads: list[P], count: int, oldest: float) -> None:
+        self.prepared = prepared
+        self.payloads = payloads
+        self.count = count
+        self.oldest = oldest  # monotonic submit time of its first record
 
 
 class ArtifactWriter(Generic[P]):
@@ -103,20 +121,25 @@ class ArtifactWriter(Generic[P]):
         ):
             raise ValueError(f"commit_interval must be > 0, got {interval!r}")
         self._store = store
-        self.encode_fields, self._write = store._writer_pair()
+        self.encode_fields, self._prepare, self._write = store._writer_parts()
         """The store's encoder of one record given as its fields (see :meth:`submit_encoded`)."""
         self._loop = loop
         self._on_committed = on_committed
         self._on_failed = on_failed
         self._interval = float(interval)
 
-        # (encoded record, payload, monotonic submit time); appended on the loop, popped on the
-        # thread. Records are encoded on the loop (see ArtifactStore._encode_fields).
-        self._queue: deque[tuple[object, P, float]] = deque()
+        # Loop side: records not handed to the thread yet (encoded on the loop, see
+        # ArtifactStore._encode_fields), their payloads, and when the oldest was submitted.
+        self._rows: list[object] = []
+        self._payloads: list[P] = []
+        self._oldest = 0.0
+        # The hand-over: the loop puts a group in _group only while _free (the thread is done
+        # with the last one); the thread takes it, commits, reports, then sets _free again.
         self._cond = threading.Condition(threading.Lock())
-        self._idle = False  # the thread waits on _cond with nothing queued
-        # Held by whoever commits (the thread, or the loop helping it): pop, write, schedule.
-        self._commit_lock = threading.Lock()
+        self._group: _Group[P] | None = None
+        self._free = True
+        self._handed_at = 0.0  # when the group the thread holds was handed over
+        self._yield_at = 0.0  # no GIL hand-over (see submit_encoded) before this time
         self._dirty = False  # committed since the last idle upkeep
         self._warned_at = -math.inf
         self._starved_after = self._interval / 4
@@ -125,8 +148,8 @@ class ArtifactWriter(Generic[P]):
         self._closed = False
         self._done: asyncio.Future[None] | None = None
 
-        # Counters. submitted and delivered change on the loop thread; the others on the writer
-        # thread (single writers each, read anywhere).
+        # Counters. submitted, routed_failed and delivered change on the loop thread; the
+        # others on the writer thread (single writers each, read anywhere).
         self._submitted = 0
         self._committed = 0
         self._routed_failed = 0
@@ -172,28 +195,52 @@ class ArtifactWriter(Generic[P]):
         """
         if self._closed:
             raise RuntimeError("ArtifactWriter is closed; the record was not accepted")
-        now = time.monotonic()
-        queue = self._queue
-        queue.append((encoded, payload, now))
+        rows = self._rows
+        if not rows:
+            self._oldest = time.monotonic()
+        rows.append(encoded)
+        self._payloads.append(payload)
         self._submitted += 1
-        if self._idle:
-            with self._cond:
-                self._cond.notify()
-        try:
-            waited = now - queue[0][2]
-        except IndexError:  # the thread took everything since the append
+        if self._free:
+            self._hand_over()
             return
-        if waited > self._starved_after and self._thread is not None:
-            # The thread has not taken the oldest record for a while: a loop that never lets go
-            # of the GIL starves it (woken, it still waits for the GIL). Hand the GIL over once;
-            # if that was not enough for a whole interval, commit here, unless the thread is
-            # committing right now.
+        now = time.monotonic()
+        if (
+            now - self._handed_at > self._starved_after
+            and now >= self._yield_at
+            and self._thread is not None
+        ):
+            # The thread has held its group for a while: a loop that never lets go of the GIL
+            # may be starving it (woken, it still waits for the GIL). Hand the GIL over, at most
+            # once a millisecond (each hand-over can cost the loop a turn of the thread).
+            self._yield_at = now + _YIELD_SPACING
             time.sleep(0)
-            if waited > self._interval and self._commit_lock.acquire(blocking=False):
-                try:
-                    self._commit_pending()
-                finally:
-                    self._commit_lock.release()
+            if self._free:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give everything pending to the thread as one group (on the loop, thread free)."""
+        rows, payloads = self._rows, self._payloads
+        if not rows:
+            return
+        self._rows, self._payloads = [], []
+        failed = self._failed
+        if failed is None:
+            try:
+                prepared = self._prepare(rows)
+            except Exception as exc:  # a malformed record: the group fails like a write
+                self._failed = failed = exc
+        if failed is not None:
+            # Every earlier group's callback is scheduled already (the thread is free): this
+            # one comes after them.
+            self._routed_failed += len(payloads)
+            self._loop.call_soon(self._deliver_failed, failed, payloads)
+            return
+        self._free = False
+        self._handed_at = time.monotonic()
+        with self._cond:
+            self._group = _Group(prepared, payloads, len(rows), self._oldest)
+            self._cond.notify()
 
     async def drain(self) -> None:
         """Return once everything submitted before the call is committed or failed and its
@@ -267,58 +314,48 @@ class ArtifactWriter(Generic[P]):
             self._call_soon(self._finish)
 
     def _loop_until_stopped(self) -> None:
-        queue = self._queue
         cond = self._cond
         maintain = self._store._idle_maintenance
         while True:
-            idle = False
             with cond:
-                while not queue:
+                while self._group is None:
                     if self._stopping:
                         return
-                    # Announce idleness before the last look at the queue: a submit that
-                    # appends after this look sees _idle and notifies (it needs the lock, which
-                    # wait() releases), so no wake-up is lost.
-                    self._idle = True
-                    if queue:
-                        self._idle = False
-                        break
                     # After commits, wait at most an interval: a writer idle that long does
                     # the store's upkeep (a WAL checkpoint) where no record waits for it.
-                    notified = cond.wait(self._interval if self._dirty else None)
-                    self._idle = False
-                    if not notified and not queue:
-                        idle = True
+                    if not cond.wait(self._interval if self._dirty else None):
                         break
-            if idle:
-                with self._commit_lock:
-                    self._dirty = False
-                    if self._failed is None:
-                        maintain()
+                group, self._group = self._group, None
+            if group is None:  # idle for an interval
+                self._dirty = False
+                if self._failed is None:
+                    maintain()
                 continue
-            with self._commit_lock:
-                self._commit_pending()
+            self._commit(group)
 
-    def _commit_pending(self) -> None:
-        """Commit every queued record as one group and schedule its callback (commit lock held).
-
-        Run by the thread, or by the loop when the thread is starved (see :meth:`submit`).
-        """
-        queue = self._queue
-        batch = [queue.popleft() for _ in range(len(queue))]
-        if not batch:
-            return
+    def _commit(self, group: _Group[P]) -> None:
+        """Commit one group and schedule its callback, then take the next (writer thread)."""
         if self._failed is not None:
-            self._route_failed(self._failed, batch)
-            return
-        try:
-            self._write([encoded for encoded, _, _ in batch])
-        except BaseException as exc:
-            self._failed = exc
-            self._route_failed(exc, batch)
-            return
+            self._route_failed(self._failed, group.payloads)
+        else:
+            try:
+                self._write(group.prepared)
+            except BaseException as exc:
+                self._failed = exc
+                self._route_failed(exc, group.payloads)
+            else:
+                self._committed += group.count
+                self._commits += 1
+                self._dirty = True
+                self._note_lag(group.oldest)
+                self._call_soon(self._deliver_committed, group.payloads)
+        # Only now (its callback scheduled) may the loop hand over the next group.
+        self._free = True
+        self._call_soon(self._next_group)
+
+    def _note_lag(self, oldest: float) -> None:
         now = time.monotonic()
-        lag = now - batch[0][2]
+        lag = now - oldest
         self._last_lag = lag
         if lag > self._max_lag:
             self._max_lag = lag
@@ -331,21 +368,20 @@ class ArtifactWriter(Generic[P]):
                 lag,
                 self._interval,
             )
-        self._dirty = True
-        self._committed += len(batch)
-        self._commits += 1
-        payloads = [payload for _, payload, _ in batch]
-        self._call_soon(self._deliver_committed, payloads)
 
-    def _route_failed(self, exc: BaseException, batch: list[tuple[object, P, float]]) -> None:
-        self._routed_failed += len(batch)
-        self._call_soon(self._deliver_failed, exc, [payload for _, payload, _ in batch])
+    def _route_failed(self, exc: BaseException, payloads: list[P]) -> None:
+        self._routed_failed += len(payloads)
+        self._call_soon(self._deliver_failed, exc, payloads)
 
     def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
             self._loop.call_soon_threadsafe(callback, *args)
 
     # -- on the loop ---------------------------------------------------------------------------
+
+    def _next_group(self) -> None:
+        if self._free:
+            self._hand_over()
 
     def _deliver_committed(self, payloads: list[P]) -> None:
         try:
