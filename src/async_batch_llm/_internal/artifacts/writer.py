@@ -77,12 +77,11 @@ class WriterStatistics:
 class _Group(Generic[P]):
     """One hand-over: what the store commits, and for whom."""
 
-    __slots__ = ("count", "oldest", "payloads", "prepared")
+    __slots__ = ("oldest", "payloads", "prepared")
 
-    def __init__(self, prepared: object, payloads: list[P], count: int, oldest: float) -> None:
+    def __init__(self, prepared: object, payloads: list[P], oldest: float) -> None:
         self.prepared = prepared
-        self.payloads = payloads
-        self.count = count
+        self.payloads = payloads  # one per record, in submit order
         self.oldest = oldest  # monotonic submit time of its first record
 
 
@@ -233,13 +232,12 @@ class ArtifactWriter(Generic[P]):
         if failed is not None:
             # Every earlier group's callback is scheduled already (the thread is free): this
             # one comes after them.
-            self._routed_failed += len(payloads)
-            self._loop.call_soon(self._deliver_failed, failed, payloads)
+            self._route_failed(failed, payloads)
             return
         self._free = False
         self._handed_at = time.monotonic()
         with self._cond:
-            self._group = _Group(prepared, payloads, len(rows), self._oldest)
+            self._group = _Group(prepared, payloads, self._oldest)
             self._cond.notify()
 
     async def drain(self) -> None:
@@ -344,7 +342,7 @@ class ArtifactWriter(Generic[P]):
                 self._failed = exc
                 self._route_failed(exc, group.payloads)
             else:
-                self._committed += group.count
+                self._committed += len(group.payloads)
                 self._commits += 1
                 self._dirty = True
                 self._note_lag(group.oldest)
