@@ -398,6 +398,13 @@ class SqliteArtifactStore(ArtifactStore):
         # group of them out of one bound text, so the writer holds the GIL for one bind per
         # commit instead of ten per record (binding is most of what a commit does in Python).
         try:
+            # Storable text for either form (lone surrogates escaped; ASCII, the rule, as is).
+            item_id = item_id if item_id.isascii() else _text(item_id)
+            fingerprint = fingerprint if fingerprint.isascii() else _text(fingerprint)
+            if error is not None:
+                error = _text(error)
+            if error_category is not None:
+                error_category = _text(error_category)
             # (x - x == 0.0 is false for NaN and the infinities, which JSON cannot carry.)
             kind = _JSON_KINDS.get(output_kind) if self._json_rows else None
             if (
@@ -411,24 +418,24 @@ class SqliteArtifactStore(ArtifactStore):
                 if usage is not None:
                     stamp = self._stamp
                     when = stamp[1] if created_at == stamp[0] else self._restamp(created_at)
-                    ident = _json_str(item_id if item_id.isascii() else _text(item_id))
-                    fp = _json_str(fingerprint if fingerprint.isascii() else _text(fingerprint))
+                    ident = _json_str(item_id)
+                    fp = _json_str(fingerprint)
                     out = "null" if output is None else _json_str(output)
-                    err = "null" if error is None else _json_str(_text(error))
-                    cat = "null" if error_category is None else _json_str(_text(error_category))
+                    err = "null" if error is None else _json_str(error)
+                    cat = "null" if error_category is None else _json_str(error_category)
                     price = "null" if cost is None else repr(cost)
                     ok = "1" if success else "0"
                     row = f"[{ident},{fp},{ok},{kind},{out},{err},{cat},{price},{usage},{when}]"
                     if "\\u0000" not in row:  # SQLite's JSON text ends at a NUL character
                         return row
             return (
-                item_id if item_id.isascii() else _text(item_id),
-                fingerprint if fingerprint.isascii() else _text(fingerprint),
+                item_id,
+                fingerprint,
                 1 if success else 0,
                 output_kind,
                 output,
-                None if error is None else _text(error),
-                None if error_category is None else _text(error_category),
+                error,
+                error_category,
                 cost,
                 _encode_usage(token_usage),
                 created_at,
