@@ -258,12 +258,10 @@ class LearningEstimator:
             and prompt_chars > 0
         ):
             observations = model.input_observations
-            if observations < warm:  # once warm the count no longer matters
+            if observations < warm:  # once warm, 1/n stays below smoothing: stop counting
                 model.input_observations = observations = observations + 1
-                weight = 1.0 / observations
-                if weight < smoothing:
-                    weight = smoothing
-            else:
+            weight = 1.0 / observations
+            if weight < smoothing:
                 weight = smoothing
             model.characters = characters = model.characters + weight * (
                 prompt_chars - model.characters
@@ -277,10 +275,8 @@ class LearningEstimator:
             observations = model.output_observations
             if observations < warm:
                 model.output_observations = observations = observations + 1
-                weight = 1.0 / observations
-                if weight < smoothing:
-                    weight = smoothing
-            else:
+            weight = 1.0 / observations
+            if weight < smoothing:
                 weight = smoothing
             mean = model.output_mean
             error = output_tokens - mean
